@@ -1,0 +1,3 @@
+from qasr_live.cli import main
+
+raise SystemExit(main())

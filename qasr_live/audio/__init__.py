@@ -1,0 +1,1 @@
+"""Audio in: files, devices, voice activity."""

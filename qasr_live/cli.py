@@ -1,0 +1,173 @@
+"""The `qasr-live` command: parse arguments, build the config, call the library, return an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from qasr_live import __version__
+from qasr_live.errors import QasrError
+
+_LOGGER = logging.getLogger("qasr_live")
+EXIT_USER_ERROR = 2
+DEMO_MODEL = Path(__file__).parent / "models" / "demo"
+
+
+def resolve_model(cfg):
+    """The ModelDir the config asks for; the embedded demo model when none is configured."""
+    from qasr_live.engine.model_dir import open_model_dir
+
+    path = cfg.model.dir
+    if path is None:
+        if not (DEMO_MODEL / "manifest.json").exists():
+            raise QasrError(
+                "no model configured: set `model.dir` in config.yaml or pass --model DIR, where DIR was written by "
+                "`qasr-live export SRC_CHECKPOINT_DIR DIR` from a Hugging Face Qwen3-ASR checkpoint "
+                "(e.g. `huggingface-cli download Qwen/Qwen3-ASR-0.6B --local-dir Qwen3-ASR-0.6B`)."
+            )
+        path = DEMO_MODEL
+    model = open_model_dir(path, cfg.model.encoder_precision, cfg.model.decoder_precision)
+    if model.is_demo:
+        _LOGGER.warning(
+            "using the embedded DEMO model: trained here on synthetic speech with a limited vocabulary. For real "
+            "dictation download Qwen/Qwen3-ASR-0.6B from Hugging Face and run `qasr-live export DIR OUT`, then set "
+            "model.dir: OUT in config.yaml."
+        )
+    return model
+
+
+def _config(args):
+    from qasr_live.config import load_config, with_overrides
+
+    cfg = load_config(args.config)
+    overrides, sources = {}, {}
+    for option, key in (
+        ("model", "model.dir"),
+        ("language", "recognition.language"),
+        ("context", "recognition.context"),
+        ("threads", "engine.decoder_threads"),
+    ):
+        value = getattr(args, option, None)
+        if value is not None:
+            overrides[key] = value
+            sources[key] = f"--{option}"
+    return with_overrides(cfg, overrides, sources=sources) if overrides else cfg
+
+
+def cmd_transcribe(args) -> int:
+    from qasr_live.audio.files import load_audio
+    from qasr_live.engine.pipeline import Transcriber
+    from qasr_live.engine.worker import EncoderWorker
+    from qasr_live.outputs.formats import FORMATS, write_outputs
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise QasrError(f"--format: unknown format {', '.join(bad)}; choose from {', '.join(FORMATS)}.")
+    audios = [(path, load_audio(path)) for path in args.files]  # fail on a bad file before loading models
+    cfg = _config(args)
+    model = resolve_model(cfg)
+    t0 = time.perf_counter()
+    with EncoderWorker(model.frontend, model.backend, cfg.engine.encoder_threads) as encoder:
+        transcriber = Transcriber(model, cfg.engine, encoder)
+        load_seconds = time.perf_counter() - t0
+        try:
+            for path, audio in audios:
+                result = transcriber.transcribe(audio, cfg.recognition.language, cfg.recognition.context)
+                print(result.text, flush=True)
+                if formats != ["txt"] or args.out_dir:
+                    for written in write_outputs(result, path, formats, args.out_dir):
+                        print(f"wrote {written}", file=sys.stderr)
+                if not args.quiet:
+                    _print_stats(path, result, model, load_seconds)
+        finally:
+            transcriber.close()
+    return 0
+
+
+def _print_stats(path, result, model, load_seconds: float) -> None:
+    s = result.stats
+    rows = [
+        ("file", str(path)),
+        (
+            "model",
+            f"{model.path.name} (encoder {model.encoder_precision}, decoder {model.decoder_precision})",
+        ),
+        ("language", result.language or "-"),
+        ("audio", f"{s.audio_seconds:.2f} s"),
+        ("load", f"{load_seconds:.2f} s"),
+        ("wall", f"{s.wall_seconds:.2f} s   RTF {s.rtf:.3f}"),
+        ("encoder", f"{s.encoder_seconds:.2f} s"),
+        ("prefill", f"{s.prefill_tokens} tokens in {s.prefill_seconds:.2f} s   {s.prefill_tps:.1f} tok/s"),
+        (
+            "generate",
+            f"{s.generated_tokens} tokens in {s.generate_seconds:.2f} s   {s.generate_tps:.1f} tok/s",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows), file=sys.stderr)
+
+
+def cmd_export(args) -> int:
+    from qasr_live.export.exporter import export_checkpoint
+
+    export_checkpoint(
+        args.src,
+        args.out,
+        encoders=[p for p in args.encoder.split(",") if p],
+        decoders=[p for p in args.decoder.split(",") if p],
+        force=args.force,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qasr-live", description="Local dictation and transcription on Qwen3-ASR.")
+    parser.add_argument("--version", action="version", version=f"qasr-live {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (includes llama.cpp's)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("transcribe", help="transcribe audio files of any length")
+    t.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    t.add_argument("--config", type=Path, help="config.yaml (default: ~/.config/qasr-live/config.yaml)")
+    t.add_argument("--model", help="exported model directory (overrides model.dir)")
+    t.add_argument("--language", help="force the language, e.g. English (default: detect)")
+    t.add_argument("--context", help="background text or hot words for the system prompt")
+    t.add_argument("--threads", type=int, help="decoder threads (overrides engine.decoder_threads)")
+    t.add_argument("--format", default="txt", help="comma list of txt, srt, json (written next to each file)")
+    t.add_argument("--out-dir", type=Path, help="write the outputs here instead of next to the audio")
+    t.add_argument("-q", "--quiet", action="store_true", help="no stats table")
+    t.set_defaults(func=cmd_transcribe)
+
+    e = sub.add_parser("export", help="export a Hugging Face Qwen3-ASR checkpoint to a qasr-live model directory")
+    e.add_argument("src", type=Path, metavar="SRC_CHECKPOINT_DIR")
+    e.add_argument("out", type=Path, metavar="OUT_MODEL_DIR")
+    e.add_argument("--encoder", default="fp32,int8,int4", help="encoder precisions (fp32,int8,int4)")
+    e.add_argument("--decoder", default="f16,q8_0,q4_k", help="decoder precisions (f32,f16,q8_0,q4_k)")
+    e.add_argument("--force", action="store_true", help="replace OUT_MODEL_DIR if it exists")
+    e.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if not args.verbose:
+        for noisy in ("qasr_live.llama_cpp", "onnxruntime", "root"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        return args.func(args)
+    except QasrError as e:
+        print(f"qasr-live: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,459 @@
+"""Typed, strictly validated configuration of qasr-live.
+
+The configuration is a tree of frozen dataclasses: one per section of ``config.yaml`` (``model``,
+``engine``, ``recognition``, ...), all nested in :class:`AppConfig`. The dataclass fields are the schema: each
+field's type annotation says what YAML value it takes, and a small :class:`Spec` in the field's metadata adds
+what the type cannot say (allowed choices, bounds, a one-line help). Validation is generic and driven by those
+two things only, so adding a section means adding one dataclass and one field of :class:`AppConfig`; adding a
+key means adding one field made with :func:`_opt`.
+
+Entry points:
+
+* :func:`load_config` finds the file (explicit path, else ``$XDG_CONFIG_HOME/qasr-live/config.yaml``, else the
+  built-in defaults) and parses it;
+* :func:`parse_config` parses YAML text (used by tests and by :func:`load_config`);
+* :func:`with_overrides` replaces a few dotted keys (the command line's ``--language`` and friends), validated
+  the same way.
+
+Every mistake a user can make (unknown section or key, wrong type, value out of range or not allowed, YAML
+syntax error) raises :class:`~qasr_live.errors.ConfigError` whose message names the file and 1-based line (or
+the command-line option), the dotted key, what is wrong and what is allowed, e.g.
+``config.yaml:12: engine.n_ctx: 100 is below the minimum 512 (context window in tokens)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qasr_live.errors import ConfigError
+
+__all__ = [
+    "SUPPORTED_LANGUAGES",
+    "AppConfig",
+    "EngineConfig",
+    "ModelConfig",
+    "RecognitionConfig",
+    "Spec",
+    "config_keys",
+    "default_config_path",
+    "load_config",
+    "parse_config",
+    "with_overrides",
+]
+
+#: The 30 languages Qwen3-ASR recognises, in the canonical spelling the model's prompt uses.
+SUPPORTED_LANGUAGES: tuple[str, ...] = (
+    "Chinese",
+    "English",
+    "Cantonese",
+    "Arabic",
+    "German",
+    "French",
+    "Spanish",
+    "Portuguese",
+    "Indonesian",
+    "Italian",
+    "Korean",
+    "Russian",
+    "Thai",
+    "Vietnamese",
+    "Japanese",
+    "Turkish",
+    "Hindi",
+    "Malay",
+    "Dutch",
+    "Swedish",
+    "Danish",
+    "Finnish",
+    "Polish",
+    "Czech",
+    "Filipino",
+    "Persian",
+    "Greek",
+    "Romanian",
+    "Hungarian",
+    "Macedonian",
+)
+
+_SPEC_KEY = "qasr_spec"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Spec:
+    """What a field's type annotation cannot say about its allowed values.
+
+    ``choices``: the only values allowed (``None`` = any value of the type); ``case_insensitive``: choices
+    match in any case and the value is normalised to the spelling in ``choices``; ``minimum``/``maximum``:
+    inclusive bounds of a number; ``non_empty``: a string must not be empty; ``expand_user``: ``~`` in a path
+    is expanded.
+    """
+
+    help: str
+    choices: tuple[Any, ...] | None = None
+    case_insensitive: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    non_empty: bool = False
+    expand_user: bool = False
+
+
+def _opt(default: Any, help: str, **spec: Any) -> Any:
+    """A dataclass field with a default and its :class:`Spec` (see there for the keyword arguments)."""
+    return field(default=default, metadata={_SPEC_KEY: Spec(help=help, **spec)})
+
+
+# --- sections -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelConfig:
+    """Which exported model to load and at what precision."""
+
+    dir: str | None = _opt(
+        None,
+        "exported model directory; null = the embedded demo model",
+        non_empty=True,
+        expand_user=True,
+    )
+    encoder_precision: str = _opt(
+        "auto",
+        "ONNX audio encoder weights; auto = chosen from those in the model directory",
+        choices=("auto", "fp32", "int8", "int4"),
+    )
+    decoder_precision: str = _opt(
+        "auto",
+        "GGUF decoder weights; auto = chosen from those in the model directory",
+        choices=("auto", "f32", "f16", "q8_0", "q4_k"),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineConfig:
+    """How the encoder and the llama.cpp decoder run."""
+
+    encoder_threads: int = _opt(1, "CPU threads of the ONNX audio encoder", minimum=1)
+    decoder_threads: int = _opt(2, "CPU threads of the llama.cpp decoder", minimum=1)
+    n_gpu_layers: int = _opt(0, "decoder layers offloaded to the GPU; 0 = CPU only, -1 = all layers", minimum=-1)
+    n_ctx: int = _opt(4096, "context window in tokens", minimum=512)
+    n_batch: int = _opt(512, "llama.cpp prompt batch size in tokens", minimum=32)
+    segment_seconds: float = _opt(30.0, "decoder segment length in seconds for long audio", minimum=5, maximum=300)
+    max_new_tokens: int = _opt(512, "most tokens generated per segment", minimum=1)
+    temperature: float = _opt(0.0, "sampling temperature; 0 = greedy", minimum=0)
+    seed: int = _opt(0, "sampling seed (only used when temperature > 0)")
+    repetition_guard: bool = _opt(True, "stop a segment that starts repeating itself")
+    kv_cache_type: str = _opt("f16", "decoder KV cache element type", choices=("f16", "f32", "q8_0"))
+    flash_attention: bool = _opt(False, "llama.cpp flash attention (f16 on the CPU; on for q8_0 KV cache)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecognitionConfig:
+    """What the model is told about the speech."""
+
+    language: str | None = _opt(
+        None,
+        "spoken language; null = auto-detect",
+        choices=SUPPORTED_LANGUAGES,
+        case_insensitive=True,
+    )
+    context: str = _opt("", "background text / hot words given to the model in the system prompt")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppConfig:
+    """The whole configuration: one field per section of config.yaml."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
+
+
+# --- schema walk ----------------------------------------------------------------------------------
+
+
+def _sections() -> dict[str, type]:
+    """Section name -> section dataclass, in declaration order."""
+    hints = typing.get_type_hints(AppConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(AppConfig)}
+
+
+def _keys(section_cls: type) -> dict[str, tuple[Any, Spec]]:
+    """Key name -> (type annotation, Spec) of one section dataclass, in declaration order."""
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: (hints[f.name], f.metadata[_SPEC_KEY]) for f in dataclasses.fields(section_cls)}
+
+
+def config_keys() -> tuple[str, ...]:
+    """Every valid dotted key (``section.key``), in declaration order."""
+    return tuple(f"{name}.{key}" for name, cls in _sections().items() for key in _keys(cls))
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+_TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string"}
+
+
+def _unwrap(annotation: Any) -> tuple[type, bool]:
+    """``X`` -> (X, False); ``X | None`` -> (X, True)."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(annotation)) == 2:
+            return args[0], True
+    if annotation in _TYPE_NAMES:
+        return annotation, False
+    raise TypeError(f"unsupported config field type {annotation!r}")
+
+
+def _show(value: Any) -> str:
+    """A value as the user would write it in YAML-ish terms."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _describe(value: Any) -> str:
+    """What kind of value the user gave, for a wrong-type message."""
+    for typ, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string")):
+        if isinstance(value, typ):
+            return f"{name} ({_show(value)})"
+    if value is None:
+        return "null"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _fmt(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def _check_value(value: Any, annotation: Any, spec: Spec) -> tuple[Any, str | None]:
+    """Validate and normalise one value: (normalised value, None) or (None, what is wrong)."""
+    base, optional = _unwrap(annotation)
+    if value is None:
+        if optional:
+            return None, None
+        return None, f"null is not allowed; expected {_TYPE_NAMES[base]}"
+    if base is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, base)
+    if not ok:
+        expected = _TYPE_NAMES[base] + (" or null" if optional else "")
+        hint = "; quote it to make it a string" if base is str and isinstance(value, int | float) else ""
+        return None, f"expected {expected}, got {_describe(value)}{hint}"
+    if base is float:
+        value = float(value)
+        if not math.isfinite(value):
+            return None, f"{_show(value)} is not a finite number"
+    if spec.minimum is not None and value < spec.minimum:
+        return None, f"{_show(value)} is below the minimum {_fmt(spec.minimum)}"
+    if spec.maximum is not None and value > spec.maximum:
+        return None, f"{_show(value)} is above the maximum {_fmt(spec.maximum)}"
+    if spec.non_empty and value == "":
+        return None, "must not be empty"
+    if spec.choices is not None:
+        if spec.case_insensitive and isinstance(value, str):
+            canonical = {str(c).casefold(): c for c in spec.choices}
+            match = canonical.get(value.strip().casefold())
+        else:
+            match = value if value in spec.choices else None
+        if match is None:
+            allowed = ", ".join(_show(c) if not isinstance(c, str) else c for c in spec.choices)
+            if optional:
+                allowed += ", or null"
+            return None, f"{_show(value)} is not allowed; choose one of: {allowed}"
+        value = match
+    if spec.expand_user and isinstance(value, str):
+        value = os.path.expanduser(value)
+    return value, None
+
+
+def _fail(where: str, dotted: str, problem: str, spec: Spec | None = None) -> ConfigError:
+    suffix = f" ({spec.help})" if spec is not None else ""
+    return ConfigError(f"{where}: {dotted}: {problem}{suffix}")
+
+
+def _unknown(kind: str, name: Any, valid: list[str]) -> str:
+    close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else f"valid {kind}s are: {', '.join(valid)}"
+    return f"unknown {kind}; {hint}"
+
+
+# --- YAML -----------------------------------------------------------------------------------------
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _construct(node: yaml.Node) -> Any:
+    """The Python value of a composed node, with the safe loader's rules."""
+    return yaml.SafeLoader("").construct_object(node, deep=True)
+
+
+def _mapping_items(
+    node: yaml.MappingNode, source: str, dotted_prefix: str
+) -> Iterator[tuple[str, yaml.Node, yaml.Node]]:
+    """(key, key node, value node) of a mapping node; rejects non-string and duplicate keys."""
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        where = f"{source}:{_line(key_node)}"
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise ConfigError(f"{where}: {dotted_prefix}<{_node_kind(key_node)}>: keys must be plain names")
+        key = _construct(key_node)
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: {dotted_prefix}{_show(key)}: keys must be plain names")
+        if key in seen:
+            raise ConfigError(f"{where}: {dotted_prefix}{key}: duplicate key (first set on line {seen[key]})")
+        seen[key] = _line(key_node)
+        yield key, key_node, value_node
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def parse_config(text: str, source: str) -> AppConfig:
+    """Parse and validate YAML ``text``; ``source`` names it in error messages (usually the file path).
+
+    An empty document, or a section set to null, means the defaults. Raises :class:`ConfigError`.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, source) from None
+    if root is None or _is_null(root):
+        return AppConfig()
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(
+            f"{source}:{_line(root)}: the top level must be a mapping of sections "
+            f"({', '.join(_sections())}), got {_node_kind(root)}"
+        )
+    sections = _sections()
+    built: dict[str, Any] = {}
+    try:
+        for name, key_node, value_node in _mapping_items(root, source, ""):
+            if name not in sections:
+                raise ConfigError(f"{source}:{_line(key_node)}: {name}: {_unknown('section', name, list(sections))}")
+            built[name] = _parse_section(name, sections[name], value_node, source)
+    except yaml.YAMLError as exc:  # a bad tag or the like, found while constructing a value
+        raise _yaml_error(exc, source, "unsupported YAML value") from None
+    return AppConfig(**built)
+
+
+def _parse_section(name: str, cls: type, node: yaml.Node, source: str) -> Any:
+    if _is_null(node):
+        return cls()
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(
+            f"{source}:{_line(node)}: {name}: the section must be a mapping of keys, got {_node_kind(node)}"
+        )
+    keys = _keys(cls)
+    values: dict[str, Any] = {}
+    for key, key_node, value_node in _mapping_items(node, source, f"{name}."):
+        dotted = f"{name}.{key}"
+        if key not in keys:
+            raise ConfigError(f"{source}:{_line(key_node)}: {dotted}: {_unknown('key', key, list(keys))}")
+        annotation, spec = keys[key]
+        value, problem = _check_value(_construct(value_node), annotation, spec)
+        if problem is not None:
+            raise _fail(f"{source}:{_line(value_node)}", dotted, problem, spec)
+        values[key] = value
+    return cls(**values)
+
+
+def _node_kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return _describe(_construct(node))
+
+
+def _yaml_error(exc: yaml.YAMLError, source: str, what: str = "YAML syntax error") -> ConfigError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{source}:{mark.line + 1}" if mark is not None else source
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    detail = f"{context}, {problem}" if context else problem
+    return ConfigError(f"{where}: {what}: {detail}")
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def default_config_path() -> Path:
+    """``$XDG_CONFIG_HOME/qasr-live/config.yaml``; ``~/.config`` stands in when the variable is unset or
+    not an absolute path."""
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".config"
+    return base / "qasr-live" / "config.yaml"
+
+
+def load_config(path: str | Path | None = None) -> AppConfig:
+    """Load the configuration.
+
+    Search order: the explicit ``path`` (which must exist), else :func:`default_config_path` if it exists,
+    else the built-in defaults (``AppConfig()``). Raises :class:`ConfigError` for a missing explicit file, an
+    unreadable file or invalid content.
+    """
+    if path is not None:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            what = "is not a file" if file.exists() else "does not exist"
+            raise ConfigError(f"{file}: config file {what}; pass an existing config.yaml or omit the option")
+    else:
+        file = default_config_path()
+        if not file.is_file():
+            return AppConfig()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read the config file: {exc}") from None
+    return parse_config(text, str(file))
+
+
+def with_overrides(
+    cfg: AppConfig, overrides: Mapping[str, Any], *, sources: Mapping[str, str] | None = None
+) -> AppConfig:
+    """A copy of ``cfg`` with dotted keys replaced, e.g. ``{"recognition.language": "english"}``.
+
+    Values are validated and normalised exactly as in config.yaml. Pass only the options the user actually
+    gave: a ``None`` value sets the key to null (allowed only where null is). ``sources`` maps a dotted key to
+    the name used in error messages (the command-line option, e.g. ``"--language"``); it defaults to
+    ``"override"``. Raises :class:`ConfigError`.
+    """
+    sections = _sections()
+    changes: dict[str, dict[str, Any]] = {}
+    for dotted, raw in overrides.items():
+        where = (sources or {}).get(dotted, "override")
+        name, _, key = dotted.partition(".")
+        if name not in sections:
+            raise ConfigError(f"{where}: {dotted}: {_unknown('section', name, list(sections))}")
+        keys = _keys(sections[name])
+        if key not in keys:
+            raise ConfigError(f"{where}: {dotted}: {_unknown('key', key, list(keys))}")
+        annotation, spec = keys[key]
+        value, problem = _check_value(raw, annotation, spec)
+        if problem is not None:
+            raise _fail(where, dotted, problem, spec)
+        changes.setdefault(name, {})[key] = value
+    replaced = {name: dataclasses.replace(getattr(cfg, name), **kv) for name, kv in changes.items()}
+    return dataclasses.replace(cfg, **replaced)

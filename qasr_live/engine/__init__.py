@@ -1,0 +1,1 @@
+"""Qwen3-ASR runtime: log-mel features, ONNX audio encoder, GGUF decoder, offline pipeline."""

@@ -1,0 +1,93 @@
+"""The Qwen3-ASR audio encoder on ONNX Runtime: frontend per 1 s mel chunk, backend per 8 s window.
+
+The model was trained with attention restricted to block-diagonal windows of 104 rows (8 s). Windows are
+independent, so the backend runs them as a batch (the last, shorter one padded and its padding masked out):
+exactly the block-diagonal mask, at O(T * 104) instead of O(T^2) cost. Completed windows never change, which is
+what lets the streaming recognizer encode incrementally.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from qasr_live.engine.features import feature_output_length
+from qasr_live.errors import ModelError
+
+_LOGGER = logging.getLogger(__name__)
+CHUNK_FRAMES = 100
+ROWS_PER_CHUNK = 13
+WINDOW_ROWS = 104  # 13 rows/s x n_window_infer 800 frames / 100 frames per chunk
+_MASKED = np.float32(-1e9)
+
+
+def window_batch(rows: np.ndarray, window: int = WINDOW_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Split (T, d) rows into (W, window, d) plus the additive (W, 1, window, window) mask that hides the
+    zero padding of the last window. With W windows side by side this *is* the block-diagonal mask."""
+    n, d = rows.shape
+    n_windows = max(1, -(-n // window))
+    width = min(window, n) if n_windows == 1 else window
+    padded = np.zeros((n_windows * width, d), dtype=np.float32)
+    padded[:n] = rows
+    mask = np.zeros((n_windows, 1, width, width), dtype=np.float32)
+    tail = n - (n_windows - 1) * width
+    mask[-1, :, :, tail:] = _MASKED
+    return padded.reshape(n_windows, width, d), mask
+
+
+class AudioEncoder:
+    """Two ONNX Runtime sessions. Not thread-safe; one instance per process (see worker.py)."""
+
+    def __init__(self, frontend: str | Path, backend: str | Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads burn a core while the daemon waits for speech; wake-up latency is negligible here.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        try:
+            self._frontend = ort.InferenceSession(str(frontend), options, providers=["CPUExecutionProvider"])
+            self._backend = ort.InferenceSession(str(backend), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise ModelError(
+                f"cannot load the ONNX encoder ({frontend.name if isinstance(frontend, Path) else frontend}"
+                f", {Path(backend).name}): {e}. Re-export the model with `qasr-live export`."
+            ) from e
+        self.d_model = int(self._frontend.get_outputs()[0].shape[-1])
+        self.output_dim = (
+            int(self._backend.get_outputs()[0].shape[-1])
+            if isinstance(self._backend.get_outputs()[0].shape[-1], int)
+            else None
+        )
+
+    def frontend(self, chunks: np.ndarray) -> np.ndarray:
+        """(B, 128, 100) mel chunks -> (B, 13, d_model) rows."""
+        return self._frontend.run(None, {"chunk_mel": np.ascontiguousarray(chunks, dtype=np.float32)})[0]
+
+    def backend(self, rows: np.ndarray) -> np.ndarray:
+        """(T, d_model) frontend rows -> (T, output_dim), attending within 104-row windows from row 0."""
+        if len(rows) == 0:
+            return np.zeros((0, self.output_dim or 0), dtype=np.float32)
+        batch, mask = window_batch(rows)
+        out = self._backend.run(None, {"hidden_states": batch, "attention_mask": mask})[0]
+        return out.reshape(-1, out.shape[-1])[: len(rows)]
+
+    def frontend_rows(self, mel: np.ndarray) -> np.ndarray:
+        """(128, L) mel -> (feature_output_length(L), d_model): chunks of 100 frames, the last zero-padded."""
+        n_frames = mel.shape[1]
+        n_chunks = -(-n_frames // CHUNK_FRAMES)
+        padded = np.zeros((mel.shape[0], n_chunks * CHUNK_FRAMES), dtype=np.float32)
+        padded[:, :n_frames] = mel
+        chunks = padded.reshape(mel.shape[0], n_chunks, CHUNK_FRAMES).transpose(1, 0, 2)
+        rows = self.frontend(chunks).reshape(-1, self.d_model)
+        return rows[: feature_output_length(n_frames)]
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        """(128, L) log-mel -> (N, output_dim) audio rows for the decoder."""
+        return self.backend(self.frontend_rows(mel))

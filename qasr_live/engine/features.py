@@ -1,0 +1,81 @@
+"""Log-mel features exactly as Whisper's feature extractor computes them (the Qwen3-ASR processor uses it).
+
+n_fft 400 (25 ms), hop 160 (10 ms), periodic Hann window, centred frames with reflect padding, power
+spectrum, 128 Slaney-normalised Slaney-scale mel filters over 0-8 kHz, log10 clamped at 1e-10, dynamic range
+limited to the utterance maximum minus 8, then (x + 4) / 4. The last STFT frame is dropped, so N samples give
+N // 160 frames. numpy only: no torch at run time.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP = 160
+N_MELS = 128
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney scale: linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    mel = 3.0 * hz / 200.0
+    log_region = hz >= 1000.0
+    return np.where(log_region, 15.0 + np.log(np.maximum(hz, 1e-12) / 1000.0) * (27.0 / np.log(6.4)), mel)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    hz = 200.0 * mel / 3.0
+    return np.where(mel >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (mel - 15.0)), hz)
+
+
+@lru_cache(maxsize=4)
+def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Triangular filters, shape (n_fft // 2 + 1, n_mels), each normalised to unit area (Slaney)."""
+    fft_freqs = np.linspace(0, sample_rate // 2, n_fft // 2 + 1)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), n_mels + 2))
+    slopes = edges[None, :] - fft_freqs[:, None]
+    widths = np.diff(edges)
+    down = -slopes[:, :-2] / widths[:-1]
+    up = slopes[:, 2:] / widths[1:]
+    filters = np.maximum(0.0, np.minimum(down, up))
+    filters *= 2.0 / (edges[2 : n_mels + 2] - edges[:n_mels])
+    filters.setflags(write=False)
+    return filters
+
+
+@lru_cache(maxsize=1)
+def _window() -> np.ndarray:
+    n = np.arange(N_FFT)
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / N_FFT)  # periodic Hann (divides by N, not N - 1)
+
+
+def mel_power(audio: np.ndarray) -> np.ndarray:
+    """Mel power spectrogram (n_mels, len(audio) // HOP) before the log; float64."""
+    audio = np.asarray(audio, dtype=np.float64)
+    n_frames = len(audio) // HOP
+    if n_frames == 0:
+        return np.zeros((N_MELS, 0))
+    padded = np.pad(audio, N_FFT // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:n_frames]
+    power = np.abs(np.fft.rfft(frames * _window(), axis=-1)) ** 2
+    return mel_filters().T @ power.T
+
+
+def log_mel(audio: np.ndarray) -> np.ndarray:
+    """Whisper-normalised log-mel features, shape (128, len(audio) // 160), float32."""
+    log_spec = np.log10(np.maximum(mel_power(audio), 1e-10))
+    if log_spec.size:
+        log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+
+
+def feature_output_length(n_frames: int) -> int:
+    """Encoder rows produced for n_frames mel frames: 13 per full 100-frame chunk plus the conv stack's
+    ceil-halving (x3) of the remainder. Same formula as the official processor."""
+    rest = n_frames % 100
+    feat = (rest - 1) // 2 + 1
+    return ((feat - 1) // 2 + 1 - 1) // 2 + 1 + (n_frames // 100) * 13

@@ -1,0 +1,182 @@
+"""Offline transcription of audio of any length: features -> encoder -> decoder, segment by segment.
+
+The encoder always attends within its 8 s windows. The decoder works on segments of `segment_seconds`, cut at
+the quietest 100 ms near each boundary. Every segment after the first sees the previous segment's audio rows
+and committed text as memory: the model continues that text over [previous audio + new audio]. The last
+`SEGMENT_ROLLBACK_TOKENS` tokens of a non-final segment are not committed; the next segment, which hears the
+same audio again, re-generates them, so a word cut by the boundary is neither lost nor repeated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from qasr_live.config import EngineConfig
+from qasr_live.engine.decoder import Decoder
+from qasr_live.engine.features import SAMPLE_RATE, log_mel
+from qasr_live.engine.generation import generate
+from qasr_live.engine.model_dir import ModelDir
+from qasr_live.engine.prompt import ASR_TEXT, parse_answer, prompt_head, prompt_tail
+from qasr_live.engine.transcript import Segment, Stats, Transcript
+from qasr_live.errors import AudioError
+
+_LOGGER = logging.getLogger(__name__)
+MIN_SECONDS = 0.5  # the official pipeline zero-pads shorter clips to this length
+SEGMENT_ROLLBACK_TOKENS = 5
+_SEARCH_SECONDS = 5.0
+_ENERGY_WINDOW = SAMPLE_RATE // 10
+
+
+def check_audio(audio: np.ndarray) -> np.ndarray:
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1:
+        raise AudioError(f"audio must be mono (one dimension), got shape {audio.shape}; average the channels.")
+    if audio.size == 0:
+        raise AudioError("the audio is empty (0 samples): nothing to transcribe.")
+    bad = ~np.isfinite(audio)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise AudioError(
+            f"the audio has {int(bad.sum())} NaN/infinite samples (first at {first / SAMPLE_RATE:.3f} s);"
+            " the source is corrupt or was decoded wrongly."
+        )
+    return audio
+
+
+def segment_bounds(n_samples: int, segment_seconds: float, audio: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """Sample ranges of at most `segment_seconds`, cut at the lowest-energy 100 ms window found in the last
+    `_SEARCH_SECONDS` (at most a quarter of a segment) before each nominal boundary."""
+    seg = int(segment_seconds * SAMPLE_RATE)
+    search = min(int(_SEARCH_SECONDS * SAMPLE_RATE), seg // 4)
+    bounds, start = [], 0
+    while n_samples - start > seg:
+        end = start + seg
+        cut = end
+        if audio is not None and search >= _ENERGY_WINDOW:
+            region = audio[end - search : end].astype(np.float64) ** 2
+            energy = np.convolve(region, np.ones(_ENERGY_WINDOW), mode="valid")
+            cut = end - search + int(np.argmin(energy)) + _ENERGY_WINDOW // 2
+        bounds.append((start, cut))
+        start = cut
+    bounds.append((start, n_samples))
+    return bounds
+
+
+@dataclass(slots=True)
+class _Memory:
+    rows: np.ndarray | None = None
+    text_ids: tuple[int, ...] = ()
+
+
+class Transcriber:
+    """Owns a decoder; borrows an encoder (in-process AudioEncoder or EncoderWorker, same methods)."""
+
+    def __init__(self, model: ModelDir, engine: EngineConfig, encoder) -> None:
+        self.model = model
+        self.engine = engine
+        self.encoder = encoder
+        self.decoder = Decoder(
+            model.decoder,
+            n_ctx=engine.n_ctx,
+            n_batch=engine.n_batch,
+            threads=engine.decoder_threads,
+            n_gpu_layers=engine.n_gpu_layers,
+            kv_cache_type=engine.kv_cache_type,
+            flash_attention=engine.flash_attention,
+            temperature=engine.temperature,
+            seed=engine.seed,
+        )
+        d = self.decoder
+        self.asr_text_id = d.token_id(ASR_TEXT)
+        self.stop_ids = {d.token_id("<|im_end|>"), d.token_id("<|endoftext|>")}
+        for name in ("<|im_start|>", "<|audio_start|>", "<|audio_end|>"):
+            d.token_id(name)  # fail at load time, not mid-file, if the vocabulary lacks one
+
+    def close(self) -> None:
+        self.decoder.close()
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        language: str | None = None,
+        context: str = "",
+        on_segment: Callable[[Segment], None] | None = None,
+    ) -> Transcript:
+        t_start = time.perf_counter()
+        audio = check_audio(audio)
+        stats = Stats(audio_seconds=len(audio) / SAMPLE_RATE)
+        if len(audio) < MIN_SECONDS * SAMPLE_RATE:
+            audio = np.pad(audio, (0, int(MIN_SECONDS * SAMPLE_RATE) - len(audio)))
+        bounds = segment_bounds(len(audio), self.engine.segment_seconds, audio)
+        memory = _Memory()
+        detected: str | None = language
+        segments: list[Segment] = []
+        all_ids: list[int] = []
+        committed: list[int] = []
+        for index, (a, b) in enumerate(bounds):
+            final = index == len(bounds) - 1
+            t0 = time.perf_counter()
+            rows = self.encoder.encode(log_mel(audio[a:b]))
+            stats.encoder_seconds += time.perf_counter() - t0
+            generated, text_ids, seg_language = self._decode_segment(rows, memory, context, language, detected, stats)
+            all_ids += generated
+            if detected is None and seg_language:
+                detected = seg_language
+            keep = text_ids if final else text_ids[: max(0, len(text_ids) - SEGMENT_ROLLBACK_TOKENS)]
+            committed += keep
+            segment = Segment(
+                a / SAMPLE_RATE,
+                min(b, stats.audio_seconds * SAMPLE_RATE) / SAMPLE_RATE,
+                self.decoder.detokenize(keep).strip(),
+            )
+            segments.append(segment)
+            if on_segment is not None:
+                on_segment(segment)
+            memory = _Memory(rows, tuple(keep)) if seg_language != "" else _Memory()
+        stats.wall_seconds = time.perf_counter() - t_start
+        text = self.decoder.detokenize(committed).strip()
+        return Transcript(text=text, language=detected or None, segments=segments, token_ids=all_ids, stats=stats)
+
+    def _decode_segment(
+        self,
+        rows: np.ndarray,
+        memory: _Memory,
+        context: str,
+        forced: str | None,
+        detected: str | None,
+        stats: Stats,
+    ) -> tuple[list[int], list[int], str | None]:
+        """Prefill and generate one segment. Returns (generated ids, text ids, language the model stated:
+        None if it stated none, "" for no speech)."""
+        d = self.decoder
+        # With memory, the earlier answer is continued: its language header is already known.
+        header_language = forced or (detected if memory.text_ids else None)
+        head = d.tokenize(prompt_head(context))
+        tail = d.tokenize(prompt_tail(header_language)) + list(memory.text_ids)
+        audio_rows = rows if memory.rows is None else np.concatenate([memory.rows, rows])
+        t0 = time.perf_counter()
+        d.rewind(0)
+        d.feed_tokens(head, want_logits=False)
+        d.feed_embeddings(audio_rows)
+        d.feed_tokens(tail)
+        stats.prefill_tokens += len(head) + len(audio_rows) + len(tail)
+        stats.prefill_seconds += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        gen = generate(d, self.stop_ids, self.engine.max_new_tokens, self.engine.repetition_guard)
+        stats.generated_tokens += len(gen.tokens)
+        stats.generate_seconds += time.perf_counter() - t0
+        if gen.stopped != "eos":
+            _LOGGER.warning("segment ended by %s after %d tokens", gen.stopped, len(gen.tokens))
+        if header_language:
+            return gen.tokens, gen.tokens, header_language
+        if self.asr_text_id not in gen.tokens:
+            return gen.tokens, gen.tokens, None
+        split = gen.tokens.index(self.asr_text_id)
+        answer = parse_answer(d.detokenize(gen.tokens[: split + 1]))
+        text_ids = [] if answer.language == "" else gen.tokens[split + 1 :]
+        return gen.tokens, text_ids, answer.language

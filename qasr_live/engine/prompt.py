@@ -1,0 +1,53 @@
+"""The official Qwen3-ASR prompt, and parsing of what the model answers.
+
+Rendered chat template (system turn always present, empty without context)::
+
+    <|im_start|>system\\n{context}<|im_end|>\\n<|im_start|>user\\n<|audio_start|>{audio rows}<|audio_end|><|im_end|>\\n
+    <|im_start|>assistant\\n[language {Language}<asr_text>][{text so far}]
+
+The model answers ``language English<asr_text>the words<|im_end|>`` (or only the words when the language was
+forced); ``language None`` means it heard no speech. Special tokens are always resolved by string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ASR_TEXT = "<asr_text>"
+
+
+def prompt_head(context: str) -> str:
+    """Everything before the audio rows."""
+    return f"<|im_start|>system\n{context}<|im_end|>\n<|im_start|>user\n<|audio_start|>"
+
+
+def prompt_tail(language: str | None = None, text_so_far: str = "") -> str:
+    """Everything after the audio rows. `language` (forced or already detected) is written as the model's own
+    header would be; `text_so_far` continues an earlier answer (segment memory, streaming prefix)."""
+    header = f"language {language}{ASR_TEXT}" if language else ""
+    return f"<|audio_end|><|im_end|>\n<|im_start|>assistant\n{header}{text_so_far}"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    language: str | None  # None: not stated (forced or cut short); "" : the model said "language None"
+    text: str
+
+    @property
+    def no_speech(self) -> bool:
+        return self.language == "" and not self.text
+
+
+def parse_answer(raw: str, forced_language: str | None = None) -> Answer:
+    """Split the model's answer into language and text, as the official `parse_asr_output` does."""
+    s = raw.strip()
+    if forced_language:
+        return Answer(forced_language, s)
+    if ASR_TEXT not in s:
+        return Answer(None, s)
+    meta, text = s.split(ASR_TEXT, 1)
+    meta = meta.strip()
+    language = meta[len("language") :].strip() if meta.lower().startswith("language") else meta
+    if language.lower() == "none":
+        return Answer("", "")
+    return Answer(language or None, text.strip())

@@ -1,0 +1,134 @@
+"""The audio encoder in a child process.
+
+ONNX Runtime inference is CPU-heavy and holds the GIL only briefly, but a crash inside it (or an OOM kill)
+would take the whole daemon down. The child owns an AudioEncoder; the parent talks to it over a Pipe with
+(method, args) requests. If the child dies, calls raise EncoderCrashed and `restart()` brings up a new one;
+callers keep the audio they sent, so nothing is lost (they re-encode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+
+from qasr_live.errors import EncoderCrashed, QasrError
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _serve(conn, frontend: str, backend: str, threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    from qasr_live.engine.encoder import AudioEncoder
+
+    try:
+        encoder = AudioEncoder(frontend, backend, threads)
+    except QasrError as e:
+        conn.send(("error", e))
+        return
+    conn.send(("ready", (encoder.d_model, os.getpid())))
+    while True:
+        try:
+            method, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        if method == "stop":
+            return
+        try:
+            conn.send(("ok", getattr(encoder, method)(*args)))
+        except Exception as e:  # report, keep serving: one bad request must not kill the worker
+            conn.send(("error", QasrError(f"encoder {method} failed: {e!r}")))
+
+
+class EncoderWorker:
+    """Same methods as AudioEncoder (encode, frontend, backend, frontend_rows), run in a spawned process."""
+
+    def __init__(self, frontend: str | Path, backend: str | Path, threads: int = 1) -> None:
+        self._paths = (str(frontend), str(backend))
+        self._threads = threads
+        self._process: mp.process.BaseProcess | None = None
+        self._conn = None
+        self.d_model = 0
+        self.pid = 0
+        self.restarts = 0
+        self.start()
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        process = ctx.Process(
+            target=_serve, args=(child, *self._paths, self._threads), daemon=True, name="qasr-encoder"
+        )
+        process.start()
+        child.close()  # so that a dead child reads as EOF here
+        self._process, self._conn = process, parent
+        status, payload = self._receive("start")
+        if status == "error":
+            process.join(5)
+            raise payload
+        self.d_model, self.pid = payload
+
+    def restart(self) -> None:
+        self.close()
+        self.restarts += 1
+        _LOGGER.warning("restarting the encoder worker (restart #%d)", self.restarts)
+        self.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def _receive(self, what: str):
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError) as e:
+            code = self._process.exitcode if self._process else None
+            raise EncoderCrashed(f"the encoder worker died during {what} (exit code {code})") from e
+
+    def _call(self, method: str, *args) -> np.ndarray:
+        if not self.alive:
+            raise EncoderCrashed(f"the encoder worker is not running (exit code {self._process.exitcode})")
+        try:
+            self._conn.send((method, args))
+        except (BrokenPipeError, OSError) as e:
+            raise EncoderCrashed(f"the encoder worker died before {method}") from e
+        status, payload = self._receive(method)
+        if status == "error":
+            raise payload
+        return payload
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        return self._call("encode", mel)
+
+    def frontend(self, chunks: np.ndarray) -> np.ndarray:
+        return self._call("frontend", chunks)
+
+    def backend(self, rows: np.ndarray) -> np.ndarray:
+        return self._call("backend", rows)
+
+    def frontend_rows(self, mel: np.ndarray) -> np.ndarray:
+        return self._call("frontend_rows", mel)
+
+    def close(self) -> None:
+        if self._process is None:
+            return
+        if self._process.is_alive():
+            with contextlib.suppress(OSError):
+                self._conn.send(("stop", ()))
+            self._process.join(2)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(2)
+        self._conn.close()
+        self._process = None
+
+    def __enter__(self) -> EncoderWorker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,21 @@
+"""Access to the official `qwen-asr` implementation (export and tests only; never imported at run time)."""
+
+from __future__ import annotations
+
+from qasr_live.errors import ExportError
+
+
+def official_classes():
+    """(Qwen3ASRConfig, Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor) from the `qwen-asr` package."""
+    try:
+        from qwen_asr.core.transformers_backend import (
+            Qwen3ASRConfig,
+            Qwen3ASRForConditionalGeneration,
+            Qwen3ASRProcessor,
+        )
+    except ImportError as e:
+        raise ExportError(
+            f"export needs the official implementation ({e}). Install the export extra: "
+            "`bash scripts/install.sh --export` (pip install -e '.[export]' plus `qwen-asr --no-deps`)."
+        ) from e
+    return Qwen3ASRConfig, Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor

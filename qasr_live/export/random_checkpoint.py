@@ -1,0 +1,237 @@
+"""Random-weight Qwen3-ASR checkpoints of the real architecture, built with the official `qwen-asr` classes.
+
+Real weights cannot be downloaded everywhere (CI, these build machines), so the parity tests and the benchmarks
+build checkpoints here: the official config and model classes, a byte-level BPE tokenizer carrying the Qwen3-ASR
+special tokens, the official processor files and chat template. The directory has the layout of a Hugging Face
+checkpoint, so `qasr-live export` treats it exactly like a downloaded one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|audio_start|>",
+    "<|audio_end|>",
+    "<|audio_pad|>",
+)
+# `<asr_text>` is an added token that is *not* special in the official tokenizer: it survives
+# skip_special_tokens=True and separates the language tag from the transcript.
+PLAIN_ADDED_TOKENS = ("<asr_text>", "<timestamp>")
+
+# The rendering of the official chat template (system turn always present, empty without context).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'audio' %}<|audio_start|><|audio_pad|><|audio_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Qwen2's pre-tokenizer split pattern (llama.cpp's "qwen2" pre-tokenizer implements the same).
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+
+_CORPUS = """language English<asr_text> language Chinese<asr_text> language None<asr_text>
+The quick brown fox jumps over the lazy dog. Please type this sentence into the open window.
+One two three four five six seven eight nine ten, eleven twelve thirteen, twenty thirty forty.
+Hello world, new line, comma, period, question mark! Meeting notes for Monday at 10:30 am.
+Speech recognition turns spoken words into written text; dictation should be fast and accurate.
+你好世界，这是一个测试。语音识别把说话变成文字。
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RandomModelSpec:
+    """Sizes of a random checkpoint. The defaults are tiny (seconds on a CPU); `QWEN3_ASR_0_6B` is real-shaped."""
+
+    audio_d_model: int = 64
+    audio_layers: int = 2
+    audio_heads: int = 4
+    audio_ffn: int = 128
+    downsample_hidden: int = 32
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    head_dim: int = 16
+    text_ffn: int = 128
+    bpe_vocab: int = 512  # learned BPE size before the special tokens are appended
+    tie_word_embeddings: bool = True
+    init_std: float = 0.02
+    # Random heads give near-uniform logits whose argmax flips under any rounding. Scaling the final norm
+    # widens the logit margins (as trained models have), and rounding every weight to an f16 value lets an f16
+    # GGUF hold exactly the reference's weights: the parity tests then compare computation, not rounding luck.
+    logit_scale: float = 1.0
+    f16_exact_weights: bool = False
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def mrope_section(self) -> list[int]:
+        """Three sections summing to head_dim / 2, in the official 24:20:20 proportion."""
+        half = self.head_dim // 2
+        a = round(half * 24 / 64)
+        b = (half - a) // 2
+        return [a, b, half - a - b]
+
+
+QWEN3_ASR_0_6B = RandomModelSpec(
+    audio_d_model=896,
+    audio_layers=18,
+    audio_heads=14,
+    audio_ffn=3584,
+    downsample_hidden=480,
+    text_hidden=1024,
+    text_layers=28,
+    text_heads=16,
+    text_kv_heads=8,
+    head_dim=128,
+    text_ffn=3072,
+    tie_word_embeddings=True,
+)
+QWEN3_ASR_1_7B = RandomModelSpec(
+    audio_d_model=1024,
+    audio_layers=24,
+    audio_heads=16,
+    audio_ffn=4096,
+    downsample_hidden=480,
+    text_hidden=2048,
+    text_layers=28,
+    text_heads=16,
+    text_kv_heads=8,
+    head_dim=128,
+    text_ffn=6144,
+    tie_word_embeddings=True,
+)
+
+
+def build_tokenizer(bpe_vocab: int, corpus: str = _CORPUS):
+    """A byte-level BPE with the Qwen2 pre-tokenizer, trained on `corpus`, special tokens appended last."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=bpe_vocab, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(corpus.splitlines() * 4, trainer)
+    fast = Qwen2TokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        errors="replace",
+        clean_up_tokenization_spaces=False,
+        extra_special_tokens={
+            "audio_token": "<|audio_pad|>",
+            "audio_bos_token": "<|audio_start|>",
+            "audio_eos_token": "<|audio_end|>",
+        },
+    )
+    fast.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    fast.add_tokens(list(PLAIN_ADDED_TOKENS), special_tokens=False)
+    return fast
+
+
+def build_random_checkpoint(out_dir: str | Path, spec: RandomModelSpec = RandomModelSpec()) -> Path:
+    """Write a random-weight Qwen3-ASR checkpoint (config, safetensors, tokenizer, processor) to out_dir."""
+    import torch
+    from transformers import WhisperFeatureExtractor
+
+    from qasr_live.export.official import official_classes
+
+    config_cls, model_cls, processor_cls = official_classes()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(spec.bpe_vocab)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (*SPECIAL_TOKENS, *PLAIN_ADDED_TOKENS)}
+    vocab_size = len(tokenizer)
+
+    text_config = {
+        "vocab_size": vocab_size,
+        "hidden_size": spec.text_hidden,
+        "intermediate_size": spec.text_ffn,
+        "num_hidden_layers": spec.text_layers,
+        "num_attention_heads": spec.text_heads,
+        "num_key_value_heads": spec.text_kv_heads,
+        "head_dim": spec.head_dim,
+        "max_position_embeddings": 65536,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+        "rope_scaling": {
+            "rope_type": "default",
+            "mrope_section": spec.mrope_section(),
+            "interleaved": True,
+            "mrope_interleaved": True,
+        },
+        "tie_word_embeddings": spec.tie_word_embeddings,
+        "initializer_range": spec.init_std,
+    }
+    audio_config = {
+        "num_mel_bins": 128,
+        "d_model": spec.audio_d_model,
+        "encoder_layers": spec.audio_layers,
+        "encoder_attention_heads": spec.audio_heads,
+        "encoder_ffn_dim": spec.audio_ffn,
+        "downsample_hidden_size": spec.downsample_hidden,
+        "output_dim": spec.text_hidden,
+        "n_window": 50,
+        "n_window_infer": 800,
+        "conv_chunksize": 500,
+        "max_source_positions": 1500,
+        "initializer_range": spec.init_std,
+    }
+    config = config_cls(
+        thinker_config={
+            "audio_config": audio_config,
+            "text_config": text_config,
+            "audio_token_id": ids["<|audio_pad|>"],
+            "audio_start_token_id": ids["<|audio_start|>"],
+            "initializer_range": spec.init_std,
+            **spec.extra,
+        },
+        tie_word_embeddings=spec.tie_word_embeddings,
+    )
+    torch.manual_seed(spec.seed)
+    model = model_cls(config).eval()
+    with torch.no_grad():
+        model.thinker.model.norm.weight.mul_(spec.logit_scale)
+        if spec.f16_exact_weights:
+            for param in model.parameters():
+                param.copy_(param.half().float())
+    model.save_pretrained(out, safe_serialization=True)
+    features = WhisperFeatureExtractor(
+        feature_size=128,
+        sampling_rate=16000,
+        hop_length=160,
+        chunk_length=30,
+        n_fft=400,
+        padding_value=0.0,
+        return_attention_mask=True,
+    )
+    processor = processor_cls(feature_extractor=features, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(out)
+    (out / "generation_config.json").write_text(
+        json.dumps({"eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]], "do_sample": False}, indent=2)
+    )
+    return out

@@ -1,0 +1,1 @@
+"""Where text goes: files, WebSocket subscribers, the focused window, the journal."""
