@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
+import transformers
 
 from qasr_live.engine.features import feature_output_length, log_mel
-
-transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
