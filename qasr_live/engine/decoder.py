@@ -116,9 +116,14 @@ class Decoder:
             llama.llama_sampler_chain_add(self._sampler, llama.llama_sampler_init_greedy())
         self.n_past = 0
 
+    def _check_open(self) -> None:
+        if self._ctx is None:  # a freed llama context would segfault, not raise
+            raise DecoderError("the decoder was closed")
+
     # --- vocabulary -------------------------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         """Token ids of `text`; with special=True, special-token strings like <|im_end|> become their ids."""
+        self._check_open()
         raw = text.encode("utf-8")
         capacity = len(raw) + 8
         buf = (self._llama.llama_token * capacity)()
@@ -138,6 +143,7 @@ class Decoder:
         return ids[0]
 
     def piece(self, token: int) -> bytes:
+        self._check_open()
         buf = ctypes.create_string_buffer(64)
         n = self._llama.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
         if n < 0:
@@ -165,6 +171,7 @@ class Decoder:
         self._feed(self._embd_batch, len(rows), want_logits, rows=rows)
 
     def _feed(self, batch, n: int, want_logits: bool, tokens=None, rows=None) -> None:
+        self._check_open()
         if self.n_past + n > self.n_ctx:
             raise DecoderError(
                 f"the prompt needs {self.n_past + n} positions but the context holds {self.n_ctx}; "
@@ -190,6 +197,7 @@ class Decoder:
 
     def sample(self) -> int:
         """The next token after the last fed position (greedy unless a temperature was set)."""
+        self._check_open()
         token = self._llama.llama_sampler_sample(self._sampler, self._ctx, -1)
         return int(token)
 

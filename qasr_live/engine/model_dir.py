@@ -76,7 +76,7 @@ def _pick(kind: str, wanted: str, available: list[str], order: tuple[str, ...], 
         raise ModelError(
             f"{path}: no {kind} of precision {wanted!r} in this model (it has: {', '.join(available) or 'none'}). "
             f"Set `{key}` in config.yaml to one of those or 'auto', or re-export with "
-            f"`qasr-live export SRC {path} --{kind} {wanted}`."
+            f"`qasr-live export SRC {path} --{kind} {wanted} --force`."
         )
     return wanted
 
@@ -87,8 +87,9 @@ def open_model_dir(
     """Read and check the manifest, choose the files, and (verify=True) check their sizes and checksums."""
     path = Path(path).expanduser()
     if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
         raise ModelError(
-            f"model directory {path} does not exist. Set `model.dir` in config.yaml (or --model) to a directory "
+            f"model directory {path} {what}. Set `model.dir` in config.yaml (or --model) to a directory "
             "written by `qasr-live export SRC_CHECKPOINT_DIR OUT_DIR`."
         )
     manifest_path = path / MANIFEST
@@ -101,6 +102,16 @@ def open_model_dir(
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{manifest_path} is corrupt ({e}); re-export the model with `qasr-live export`.") from e
+    except OSError as e:
+        raise ModelError(
+            f"{manifest_path} cannot be read ({e.strerror or e}); make it a readable file (e.g. `chmod a+r "
+            f"{manifest_path}`) or re-export the model with `qasr-live export`."
+        ) from e
+    if not isinstance(manifest, dict):
+        raise ModelError(
+            f"{manifest_path} is corrupt (a JSON {type(manifest).__name__}, not an object); "
+            "re-export the model with `qasr-live export`."
+        )
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise ModelError(
@@ -108,6 +119,7 @@ def open_model_dir(
             "Re-export the model with this version's `qasr-live export`, or install the qasr-live that wrote it."
         )
     files = manifest.get("files", {})
+    _check_entries(manifest_path, files)
     enc_available = sorted({f["precision"] for f in files.values() if f["role"] == "encoder_backend"})
     dec_available = sorted({f["precision"] for f in files.values() if f["role"] == "decoder"})
     enc = _pick("encoder", encoder_precision, enc_available, AUTO_ENCODER_ORDER, path, "model.encoder_precision")
@@ -115,18 +127,39 @@ def open_model_dir(
     chosen = [encoder_file("frontend", enc), encoder_file("backend", enc), decoder_file(dec)]
     for name in chosen:
         _check_file(path, name, files.get(name), verify)
-    dims = manifest.get("dims", {})
-    if dims.get("encoder_output_dim") != dims.get("decoder_hidden"):
+    dims = manifest.get("dims")
+    enc_dim, dec_dim = (
+        (dims.get("encoder_output_dim"), dims.get("decoder_hidden")) if isinstance(dims, dict) else (None, None)
+    )
+    if not (isinstance(enc_dim, int) and isinstance(dec_dim, int)):
         raise ModelError(
-            f"{manifest_path}: the encoder emits {dims.get('encoder_output_dim')}-wide rows but the decoder "
-            f"expects {dims.get('decoder_hidden')}: the two halves come from different models. Re-export both "
+            f"{manifest_path} is corrupt: `dims` lacks the integers encoder_output_dim and decoder_hidden; "
+            "re-export the model with `qasr-live export`."
+        )
+    if enc_dim != dec_dim:
+        raise ModelError(
+            f"{manifest_path}: the encoder emits {enc_dim}-wide rows (dims.encoder_output_dim) but the decoder "
+            f"expects {dec_dim} (dims.decoder_hidden): the two halves come from different models. Re-export both "
             "from one checkpoint with `qasr-live export`."
         )
     return ModelDir(path, manifest, path / chosen[0], path / chosen[1], path / chosen[2], enc, dec)
 
 
+def _check_entries(manifest_path: Path, files: object) -> None:
+    """Reject a `files` table that is not {name: {role, precision, size, sha256}} before anything indexes it."""
+    fix = "re-export the model with `qasr-live export`"
+    if not isinstance(files, dict):
+        raise ModelError(f"{manifest_path} is corrupt: `files` is not an object; {fix}.")
+    for name, entry in files.items():
+        if not isinstance(entry, dict):
+            raise ModelError(f"{manifest_path} is corrupt: the entry of {name} is not an object; {fix}.")
+        missing = [k for k in ("role", "precision", "size", "sha256") if k not in entry]
+        if missing:
+            raise ModelError(f"{manifest_path} is corrupt: the entry of {name} lacks {', '.join(missing)}; {fix}.")
+
+
 def _check_file(root: Path, name: str, entry: dict | None, verify: bool) -> None:
-    fix = f"re-export the model into a new directory with `qasr-live export SRC {root}`"
+    fix = f"re-export the model with `qasr-live export SRC {root} --force` (or into a new directory)"
     file = root / name
     if entry is None:
         raise ModelError(f"{root / MANIFEST} does not list {name}; {fix}.")

@@ -37,13 +37,15 @@ def check_audio(audio: np.ndarray) -> np.ndarray:
     if audio.ndim != 1:
         raise AudioError(f"audio must be mono (one dimension), got shape {audio.shape}; average the channels.")
     if audio.size == 0:
-        raise AudioError("the audio is empty (0 samples): nothing to transcribe.")
+        raise AudioError(
+            "the audio is empty (0 samples): nothing to transcribe; check that the recording or file is not empty."
+        )
     bad = ~np.isfinite(audio)
     if bad.any():
         first = int(np.argmax(bad))
         raise AudioError(
-            f"the audio has {int(bad.sum())} NaN/infinite samples (first at {first / SAMPLE_RATE:.3f} s);"
-            " the source is corrupt or was decoded wrongly."
+            f"the audio has {int(bad.sum())} NaN/infinite samples (first at {first / SAMPLE_RATE:.3f} s): the source"
+            " is corrupt or was decoded wrongly; re-record or re-export it (or replace them, e.g. np.nan_to_num)."
         )
     return audio
 
@@ -60,7 +62,8 @@ def segment_bounds(n_samples: int, segment_seconds: float, audio: np.ndarray | N
         if audio is not None and search >= _ENERGY_WINDOW:
             region = audio[end - search : end].astype(np.float64) ** 2
             energy = np.convolve(region, np.ones(_ENERGY_WINDOW), mode="valid")
-            cut = end - search + int(np.argmin(energy)) + _ENERGY_WINDOW // 2
+            quietest = np.flatnonzero(energy <= energy.min() * 1.001 + 1e-12)
+            cut = end - search + int(quietest[len(quietest) // 2]) + _ENERGY_WINDOW // 2  # middle of a pause
         bounds.append((start, cut))
         start = cut
     bounds.append((start, n_samples))

@@ -6,6 +6,7 @@ place only when every file and the manifest are complete, so an interrupted expo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -49,7 +50,12 @@ def read_checkpoint_config(src: Path) -> dict:
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ExportError(f"{src} has no config.json: not a Hugging Face checkpoint directory.") from None
+        raise ExportError(
+            f"{src} has no config.json: not a Hugging Face checkpoint directory. Pass the directory of a downloaded "
+            "Qwen3-ASR checkpoint, e.g. `huggingface-cli download Qwen/Qwen3-ASR-0.6B --local-dir Qwen3-ASR-0.6B`."
+        ) from None
+    except OSError as e:
+        raise ExportError(f"{config_path} cannot be read ({e.strerror or e}); check its permissions.") from e
     except json.JSONDecodeError as e:
         raise ExportError(f"{config_path} is not valid JSON ({e}); download the checkpoint again.") from e
     if "thinker_config" not in config:
@@ -87,10 +93,15 @@ def export_checkpoint(
     config = read_checkpoint_config(src)
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; choose a new directory or pass --force to replace it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise ExportError(
+            f"cannot create {tmp} next to {out} ({e.strerror or e}); choose an output directory you can write to."
+        ) from e
     try:
         manifest = _export_into(src, tmp, config, encoders, decoders, progress, threads)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -103,13 +114,29 @@ def export_checkpoint(
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Rename the finished `tmp` to `out`. An existing `out` is moved aside first and put back if the rename
+    fails or is interrupted, so `out` is always either the old model or the complete new one."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    _remove(old)
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Best-effort removal of a leftover file or directory."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 class _Steps:

@@ -1,0 +1,140 @@
+"""Long-audio segmentation, the segment memory, the encoder worker process and q4_k export."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from qasr_live.config import EngineConfig
+from qasr_live.engine.encoder import AudioEncoder, window_batch
+from qasr_live.engine.features import log_mel
+from qasr_live.engine.model_dir import open_model_dir
+from qasr_live.engine.pipeline import SEGMENT_ROLLBACK_TOKENS, Transcriber, segment_bounds
+from qasr_live.engine.worker import EncoderWorker
+from qasr_live.errors import EncoderCrashed
+
+SR = 16000
+
+
+def noise_with_gaps(seconds: float, gaps: list[float], seed: int = 0) -> np.ndarray:
+    audio = np.random.default_rng(seed).standard_normal(int(seconds * SR)).astype(np.float32) * 0.2
+    for g in gaps:
+        audio[int((g - 0.15) * SR) : int((g + 0.15) * SR)] = 0.0
+    return audio
+
+
+def test_segments_tile_the_audio_and_cut_in_pauses():
+    audio = noise_with_gaps(95.0, gaps=[27.4, 55.0, 83.1])
+    bounds = segment_bounds(len(audio), 30.0, audio)
+    assert bounds[0][0] == 0 and bounds[-1][1] == len(audio)
+    assert all(b[1] == c[0] for b, c in itertools.pairwise(bounds))
+    assert all(0 < (b - a) <= 30 * SR for a, b in bounds)
+    cuts = [b / SR for _, b in bounds[:-1]]
+    assert cuts == pytest.approx([27.4, 55.0, 83.1], abs=0.02)
+
+
+def test_short_audio_is_one_segment():
+    assert segment_bounds(5 * SR, 30.0, np.zeros(5 * SR, np.float32)) == [(0, 5 * SR)]
+
+
+def test_window_batch_is_block_diagonal():
+    rows = np.random.default_rng(0).standard_normal((250, 8)).astype(np.float32)
+    batch, mask = window_batch(rows)
+    assert batch.shape == (3, 104, 8) and mask.shape == (3, 1, 104, 104)
+    assert np.array_equal(batch.reshape(-1, 8)[:250], rows)
+    assert not mask[:2].any()  # full windows attend everywhere inside themselves
+    tail = 250 - 208
+    assert not mask[2, :, :, :tail].any() and (mask[2, :, :, tail:] < -1e8).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_models):
+    return open_model_dir(tiny_models["tied"], "fp32", "f32")
+
+
+def test_long_audio_uses_previous_segment_as_memory(tiny_model, monkeypatch):
+    """Three decoder segments: each later one is prefilled with the previous segment's rows and committed text,
+    and a non-final segment commits all but its last SEGMENT_ROLLBACK_TOKENS text tokens."""
+    from qasr_live.engine import pipeline
+    from qasr_live.engine.generation import generate
+    from qasr_live.engine.prompt import prompt_tail
+
+    engine = EngineConfig(segment_seconds=5.0, max_new_tokens=12, repetition_guard=False, kv_cache_type="f32")
+    encoder = AudioEncoder(tiny_model.frontend, tiny_model.backend)
+    transcriber = Transcriber(tiny_model, engine, encoder)
+    decoder = transcriber.decoder
+    fed, generations = [], []
+    real_tokens, real_rows = decoder.feed_tokens, decoder.feed_embeddings
+    monkeypatch.setattr(
+        decoder,
+        "feed_tokens",
+        lambda ids, want_logits=True: (fed.append(("tokens", list(ids))), real_tokens(ids, want_logits))[1],
+    )
+    monkeypatch.setattr(
+        decoder,
+        "feed_embeddings",
+        lambda rows, want_logits=False: (fed.append(("rows", len(rows))), real_rows(rows))[1],
+    )
+
+    def recording_generate(*args, **kwargs):
+        generations.append(generate(*args, **kwargs))
+        return generations[-1]
+
+    monkeypatch.setattr(pipeline, "generate", recording_generate)
+    audio = noise_with_gaps(13.0, gaps=[4.6, 9.5])
+    result = transcriber.transcribe(audio, language="English")
+
+    assert len(result.segments) == 3
+    assert result.segments[0].start == 0 and result.segments[-1].end == pytest.approx(13.0)
+    own_rows = [encoder.encode(log_mel(audio[int(s.start * SR) : int(s.end * SR)])).shape[0] for s in result.segments]
+    assert [n for kind, n in fed if kind == "rows"] == [
+        own_rows[0],
+        own_rows[0] + own_rows[1],
+        own_rows[1] + own_rows[2],
+    ]
+    tail = decoder.tokenize(prompt_tail("English"))
+    prefills = [ids for kind, ids in fed if kind == "tokens" and ids[: len(tail)] == tail]
+    assert len(prefills) == 3
+    committed = [g.tokens[:-SEGMENT_ROLLBACK_TOKENS] for g in generations[:2]] + [generations[2].tokens]
+    assert prefills[0] == tail
+    assert prefills[1] == tail + committed[0] and prefills[2] == tail + committed[1]
+    assert result.token_ids == [t for g in generations for t in g.tokens]
+    assert result.text == decoder.detokenize([t for c in committed for t in c]).strip()
+    transcriber.close()
+
+
+def test_encoder_worker_matches_in_process_and_survives_a_crash(tiny_model):
+    mel = log_mel(np.random.default_rng(1).standard_normal(3 * SR).astype(np.float32) * 0.1)
+    expected = AudioEncoder(tiny_model.frontend, tiny_model.backend).encode(mel)
+    with EncoderWorker(tiny_model.frontend, tiny_model.backend) as worker:
+        assert np.allclose(worker.encode(mel), expected, atol=1e-6)
+        os.kill(worker.pid, signal.SIGKILL)
+        with pytest.raises(EncoderCrashed):
+            worker.encode(mel)
+        worker.restart()
+        assert worker.restarts == 1 and worker.alive
+        assert np.allclose(worker.encode(mel), expected, atol=1e-6)
+
+
+def test_q4_k_export_loads_and_transcribes(tiny_checkpoints, tmp_path):
+    from qasr_live.export.exporter import export_checkpoint
+
+    out = export_checkpoint(
+        tiny_checkpoints["untied_gqa"], tmp_path / "q4", encoders=["int4"], decoders=["q4_k"], progress=lambda _l: None
+    )
+    model = open_model_dir(out)
+    assert (model.encoder_precision, model.decoder_precision) == ("int4", "q4_k")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "decoder.q4_k.gguf",
+        "encoder_backend.int4.onnx",
+        "encoder_frontend.int4.onnx",
+        "manifest.json",
+    ]
+    transcriber = Transcriber(model, EngineConfig(max_new_tokens=8), AudioEncoder(model.frontend, model.backend))
+    result = transcriber.transcribe(np.random.default_rng(2).standard_normal(2 * SR).astype(np.float32) * 0.1)
+    transcriber.close()
+    assert 0 < result.stats.generated_tokens <= 8
