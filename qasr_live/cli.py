@@ -156,10 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    # Third-party libraries (onnxruntime's quantizer, llama.cpp) log chatty INFO lines to the root logger.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    _LOGGER.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
-        for noisy in ("qasr_live.llama_cpp", "onnxruntime", "root"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+        logging.getLogger("qasr_live.llama_cpp").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except QasrError as e:

@@ -68,6 +68,7 @@ class RandomModelSpec:
     head_dim: int = 16
     text_ffn: int = 128
     bpe_vocab: int = 512  # learned BPE size before the special tokens are appended
+    vocab_size: int = 0  # embedding rows; 0 = the tokenizer's size (real models pad theirs to 151936)
     tie_word_embeddings: bool = True
     init_std: float = 0.02
     # Random heads give near-uniform logits whose argmax flips under any rounding. Scaling the final norm
@@ -99,6 +100,7 @@ QWEN3_ASR_0_6B = RandomModelSpec(
     head_dim=128,
     text_ffn=3072,
     tie_word_embeddings=True,
+    vocab_size=151936,
 )
 QWEN3_ASR_1_7B = RandomModelSpec(
     audio_d_model=1024,
@@ -113,6 +115,7 @@ QWEN3_ASR_1_7B = RandomModelSpec(
     head_dim=128,
     text_ffn=6144,
     tie_word_embeddings=True,
+    vocab_size=151936,
 )
 
 
@@ -165,7 +168,7 @@ def build_random_checkpoint(out_dir: str | Path, spec: RandomModelSpec = RandomM
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(spec.bpe_vocab)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (*SPECIAL_TOKENS, *PLAIN_ADDED_TOKENS)}
-    vocab_size = len(tokenizer)
+    vocab_size = max(len(tokenizer), spec.vocab_size)
 
     text_config = {
         "vocab_size": vocab_size,
