@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ASR_TEXT = "<asr_text>"
+# The Qwen3-ASR special tokens, by string: their ids differ between vocabularies and are always looked up.
+CONTROL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_start|>", "<|audio_end|>", "<|audio_pad|>")
+ASR_TEXT = "<asr_text>"  # an added token that is *not* special: it survives skip_special_tokens=True
+TIMESTAMP = "<timestamp>"  # ForcedAligner only
 
 
 def prompt_head(context: str) -> str:

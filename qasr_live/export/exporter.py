@@ -25,19 +25,12 @@ from qasr_live.engine.model_dir import (
     encoder_file,
     sha256_file,
 )
+from qasr_live.engine.prompt import ASR_TEXT, CONTROL_TOKENS, TIMESTAMP
 from qasr_live.errors import ExportError
 
 _LOGGER = logging.getLogger(__name__)
-REQUIRED_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|audio_start|>",
-    "<|audio_end|>",
-    "<|audio_pad|>",
-    "<asr_text>",
-)
-OPTIONAL_TOKENS = ("<timestamp>",)
+REQUIRED_TOKENS = (*CONTROL_TOKENS, ASR_TEXT)
+OPTIONAL_TOKENS = (TIMESTAMP,)
 
 
 def read_checkpoint_config(src: Path) -> dict:
@@ -96,7 +89,7 @@ def export_checkpoint(
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_abandoned(out)
         tmp.mkdir()
     except OSError as e:
         raise ExportError(
@@ -111,6 +104,24 @@ def export_checkpoint(
         raise
     progress(f"done: {out}")
     return out
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Delete `.OUT.partial-PID` directories of exports that were killed outright (SIGKILL, power loss)."""
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            _remove(stale)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

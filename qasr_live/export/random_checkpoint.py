@@ -12,17 +12,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|audio_start|>",
-    "<|audio_end|>",
-    "<|audio_pad|>",
-)
-# `<asr_text>` is an added token that is *not* special in the official tokenizer: it survives
-# skip_special_tokens=True and separates the language tag from the transcript.
-PLAIN_ADDED_TOKENS = ("<asr_text>", "<timestamp>")
+from qasr_live.engine.prompt import ASR_TEXT, CONTROL_TOKENS, TIMESTAMP
+
+PLAIN_ADDED_TOKENS = (ASR_TEXT, TIMESTAMP)
 
 # The rendering of the official chat template (system turn always present, empty without context).
 CHAT_TEMPLATE = (
@@ -151,7 +143,7 @@ def build_tokenizer(bpe_vocab: int, corpus: str = _CORPUS):
             "audio_eos_token": "<|audio_end|>",
         },
     )
-    fast.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    fast.add_special_tokens({"additional_special_tokens": list(CONTROL_TOKENS)})
     fast.add_tokens(list(PLAIN_ADDED_TOKENS), special_tokens=False)
     return fast
 
@@ -167,7 +159,7 @@ def build_random_checkpoint(out_dir: str | Path, spec: RandomModelSpec = RandomM
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(spec.bpe_vocab)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (*SPECIAL_TOKENS, *PLAIN_ADDED_TOKENS)}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (*CONTROL_TOKENS, *PLAIN_ADDED_TOKENS)}
     vocab_size = max(len(tokenizer), spec.vocab_size)
 
     text_config = {
