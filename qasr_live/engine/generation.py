@@ -22,6 +22,15 @@ def is_looping(tokens: list[int]) -> bool:
     return len(tokens) > GUARD_WINDOW and len(set(tokens[-GUARD_WINDOW:])) <= GUARD_MAX_DISTINCT
 
 
+def _before_loop(tokens: list[int]) -> list[int]:
+    """Drop the looping tail: every trailing token drawn from what the most recent tokens repeat."""
+    looping = set(tokens[-GUARD_WINDOW // 2 :])
+    end = len(tokens)
+    while end and tokens[end - 1] in looping:
+        end -= 1
+    return tokens[:end]
+
+
 def generate(
     decoder: Decoder,
     stop_ids: set[int],
@@ -30,8 +39,8 @@ def generate(
     on_token: Callable[[int], None] | None = None,
 ) -> Generation:
     """Sample after the current position until a stop token, the budget, or a loop. The prompt must already be
-    fed with logits for its last position. Stop tokens are not included; a detected loop is cut back to the
-    point where it started."""
+    fed with logits for its last position. Stop tokens are not included; a detected loop is cut off where it
+    started."""
     tokens: list[int] = []
     while len(tokens) < max_new_tokens:
         token = decoder.sample()
@@ -41,7 +50,7 @@ def generate(
         if on_token is not None:
             on_token(token)
         if repetition_guard and is_looping(tokens):
-            return Generation(tokens[:-GUARD_WINDOW], "repetition")
+            return Generation(_before_loop(tokens), "repetition")
         if len(tokens) < max_new_tokens:
             decoder.feed_tokens([token])
     return Generation(tokens, "max_tokens")
