@@ -31,3 +31,7 @@ class EncoderCrashed(QasrError):
 
 class DecoderError(QasrError):
     """llama.cpp refused to load the decoder or to evaluate a batch."""
+
+
+class ProtocolError(QasrError):
+    """A WebSocket or ctl message is malformed or not allowed."""
