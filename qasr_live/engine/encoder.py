@@ -56,15 +56,11 @@ class AudioEncoder:
             self._backend = ort.InferenceSession(str(backend), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise ModelError(
-                f"cannot load the ONNX encoder ({frontend.name if isinstance(frontend, Path) else frontend}"
-                f", {Path(backend).name}): {e}. Re-export the model with `qasr-live export`."
+                f"cannot load the ONNX encoder ({Path(frontend).name}, {Path(backend).name}): {e}. "
+                "Re-export the model with `qasr-live export`."
             ) from e
         self.d_model = int(self._frontend.get_outputs()[0].shape[-1])
-        self.output_dim = (
-            int(self._backend.get_outputs()[0].shape[-1])
-            if isinstance(self._backend.get_outputs()[0].shape[-1], int)
-            else None
-        )
+        self.output_dim = int(self._backend.get_outputs()[0].shape[-1])  # static: the projector's width
 
     def frontend(self, chunks: np.ndarray) -> np.ndarray:
         """(B, 128, 100) mel chunks -> (B, 13, d_model) rows."""
@@ -73,7 +69,7 @@ class AudioEncoder:
     def backend(self, rows: np.ndarray) -> np.ndarray:
         """(T, d_model) frontend rows -> (T, output_dim), attending within 104-row windows from row 0."""
         if len(rows) == 0:
-            return np.zeros((0, self.output_dim or 0), dtype=np.float32)
+            return np.zeros((0, self.output_dim), dtype=np.float32)
         batch, mask = window_batch(rows)
         out = self._backend.run(None, {"hidden_states": batch, "attention_mask": mask})[0]
         return out.reshape(-1, out.shape[-1])[: len(rows)]
