@@ -201,10 +201,6 @@ class Decoder:
         token = self._llama.llama_sampler_sample(self._sampler, self._ctx, -1)
         return int(token)
 
-    def logits(self) -> np.ndarray:
-        ptr = self._llama.llama_get_logits_ith(self._ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
-
     def close(self) -> None:
         llama = self._llama
         if getattr(self, "_ctx", None):

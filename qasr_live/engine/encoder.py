@@ -8,7 +8,6 @@ what lets the streaming recognizer encode incrementally.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ import numpy as np
 from qasr_live.engine.features import feature_output_length
 from qasr_live.errors import ModelError
 
-_LOGGER = logging.getLogger(__name__)
 CHUNK_FRAMES = 100
 ROWS_PER_CHUNK = 13
 WINDOW_ROWS = 104  # 13 rows/s x n_window_infer 800 frames / 100 frames per chunk

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import ctypes
 import json
-import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from qasr_live.errors import ExportError
-
-_LOGGER = logging.getLogger(__name__)
 
 _LAYER_TENSORS = {
     "input_layernorm.weight": "attn_norm.weight",

@@ -9,13 +9,11 @@ backend:  rows (B, T, d_model) + additive attention mask (B, 1, T, T) -> (B, T, 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
-_LOGGER = logging.getLogger(__name__)
 CHUNK_FRAMES = 100
 OPSET = 18
 
