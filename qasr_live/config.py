@@ -41,10 +41,19 @@ from qasr_live.errors import ConfigError
 __all__ = [
     "SUPPORTED_LANGUAGES",
     "AppConfig",
+    "AudioConfig",
+    "ControlConfig",
     "EngineConfig",
+    "HotkeysConfig",
+    "JournalConfig",
     "ModelConfig",
     "RecognitionConfig",
     "Spec",
+    "StreamingConfig",
+    "TriggerConfig",
+    "TypingConfig",
+    "VadConfig",
+    "WebSocketConfig",
     "config_keys",
     "default_config_path",
     "load_config",
@@ -170,12 +179,155 @@ class RecognitionConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AudioConfig:
+    """Where the daemon's audio comes from."""
+
+    device: str | None = _opt(
+        None,
+        "input device, by (part of its) name as `qasr-live devices` lists it; null = the system default",
+        non_empty=True,
+    )
+    source: str | None = _opt(
+        None,
+        "null = the microphone; a WAV file path, or '-' for raw 16 kHz mono s16le on stdin (tests, replay)",
+        non_empty=True,
+        expand_user=True,
+    )
+    block_ms: int = _opt(30, "capture block length in milliseconds", minimum=10, maximum=200)
+    reopen_after_silence_s: float = _opt(
+        10.0, "reopen the input stream after this long of pure digital silence; 0 = never", minimum=0
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VadConfig:
+    """Voice-activity detection: when an utterance starts and ends."""
+
+    aggressiveness: int = _opt(
+        2, "webrtcvad mode: 0 keeps the most audio, 3 rejects the most non-speech", choices=(0, 1, 2, 3)
+    )
+    frame_ms: int = _opt(30, "webrtcvad frame length in milliseconds", choices=(10, 20, 30))
+    pre_roll_ms: int = _opt(300, "audio kept before the detected onset", minimum=0, maximum=2000)
+    start_ms: int = _opt(120, "voiced time within start_window_ms that starts an utterance", minimum=10)
+    start_window_ms: int = _opt(300, "sliding window of the start hysteresis", minimum=10)
+    hangover_ms: int = _opt(600, "continuous silence that ends an utterance", minimum=30, maximum=10000)
+    min_speech_ms: int = _opt(250, "shorter speech is treated as a noise (no text)", minimum=0)
+    max_utterance_s: float = _opt(
+        30.0, "longest utterance; longer speech is cut at its deepest recent pause", minimum=2, maximum=300
+    )
+    rms_floor_dbfs: float = _opt(-55.0, "quieter audio is never speech (dBFS)", minimum=-120, maximum=0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriggerConfig:
+    """What starts and ends dictation."""
+
+    mode: str = _opt(
+        "ptt",
+        "ptt = speak while the key is held; toggle = one press starts, the next stops; continuous = always on",
+        choices=("ptt", "toggle", "continuous"),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HotkeysConfig:
+    """Global hotkeys (X11 and macOS; on Wayland bind keys to `qasr-live ctl` in the compositor)."""
+
+    enabled: bool = _opt(True, "listen for the hotkeys below when a display is available")
+    ptt: str | None = _opt("<ctrl>+<alt>+space", "push-to-talk key combination (trigger.mode ptt)", non_empty=True)
+    toggle: str | None = _opt("<ctrl>+<alt>+d", "start/stop key combination (trigger.mode toggle)", non_empty=True)
+    cancel: str | None = _opt(None, "discard the current utterance", non_empty=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TypingConfig:
+    """Typing committed text into the focused window."""
+
+    enabled: bool = _opt(True, "type committed text into the focused window")
+    backend: str = _opt(
+        "auto",
+        "auto = chosen from the session type (X11/macOS: pynput, Wayland: wtype, else clipboard paste)",
+        choices=("auto", "pynput", "wtype", "clipboard"),
+    )
+    separator: str = _opt(" ", "typed between two utterances")
+    char_delay_ms: float = _opt(0.0, "pause between typed characters (slow applications)", minimum=0, maximum=100)
+    modifier_timeout_s: float = _opt(
+        3.0, "longest wait for the hotkey's modifiers to be released before typing anyway", minimum=0, maximum=60
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamingConfig:
+    """The streaming recognizer: partial results, commits and decoder memory."""
+
+    partial_interval_ms: int = _opt(
+        500, "how often a new partial result is decoded during speech; 0 = no partials", minimum=0, maximum=10000
+    )
+    rollback_tokens: int = _opt(
+        5, "trailing tokens of a partial that stay uncommitted until speech ends", minimum=0, maximum=50
+    )
+    agreement: bool = _opt(False, "commit only text two consecutive partials agree on (LocalAgreement-2)")
+    reencode_open_window: bool = _opt(
+        True, "exact mode: re-run the encoder over the whole open 8 s window on every partial"
+    )
+    memory_tokens: int = _opt(
+        400,
+        "decoder memory budget: previous utterances' audio + text tokens placed before the current one; 0 = off",
+        minimum=0,
+    )
+    memory_utterances: int = _opt(3, "most previous utterances kept in the decoder memory", minimum=0, maximum=50)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebSocketConfig:
+    """The caption/control WebSocket server."""
+
+    enabled: bool = _opt(True, "serve events to caption subscribers")
+    host: str = _opt("127.0.0.1", "address to bind; anything but localhost exposes your dictation", non_empty=True)
+    port: int = _opt(8765, "TCP port; 0 = any free port (written to the runtime directory)", minimum=0, maximum=65535)
+    require_token: bool = _opt(True, "clients must present the token from the runtime directory")
+    replay_events: int = _opt(2000, "events kept for `subscribe` with since_seq", minimum=0)
+    client_queue: int = _opt(256, "events queued per client before its partials are dropped", minimum=8)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalConfig:
+    """The transcript journal: every commit, fsynced before it is typed or published."""
+
+    enabled: bool = _opt(True, "append committed text to the journal")
+    path: str | None = _opt(
+        None, "journal file; null = $XDG_STATE_HOME/qasr-live/journal.jsonl", non_empty=True, expand_user=True
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlConfig:
+    """The `qasr-live ctl` socket and runtime files."""
+
+    runtime_dir: str | None = _opt(
+        None,
+        "directory of the ctl socket, token files and port file; null = $XDG_RUNTIME_DIR/qasr-live",
+        non_empty=True,
+        expand_user=True,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppConfig:
     """The whole configuration: one field per section of config.yaml."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)
+    hotkeys: HotkeysConfig = field(default_factory=HotkeysConfig)
+    typing: TypingConfig = field(default_factory=TypingConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
 
 # --- schema walk ----------------------------------------------------------------------------------

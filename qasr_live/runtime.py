@@ -1,0 +1,106 @@
+"""The daemon's runtime directory: ctl socket, WebSocket tokens and the port file, private to the user.
+
+Layout of ``$XDG_RUNTIME_DIR/qasr-live`` (mode 0700; every file 0600)::
+
+    ctl.sock      Unix socket of `qasr-live ctl`
+    token         WebSocket token with the read and control scopes
+    read-token    WebSocket token with the read scope only (caption overlays, loggers)
+    websocket     "ws://HOST:PORT" of the running server (port 0 in config.yaml picks a free one)
+    pid           process id of the running daemon
+
+Tokens are made once and kept across restarts, so a caption tool configured with one keeps working; delete the
+files to rotate them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from qasr_live.errors import ConfigError
+
+__all__ = ["RuntimeFiles", "Tokens", "resolve_runtime_dir", "write_private"]
+
+
+def resolve_runtime_dir(configured: str | None) -> Path:
+    """``control.runtime_dir``, else ``$XDG_RUNTIME_DIR/qasr-live``, else ``/tmp/qasr-live-UID``."""
+    if configured:
+        return Path(configured)
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "qasr-live"
+    return Path(tempfile.gettempdir()) / f"qasr-live-{os.getuid()}"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` atomically to a 0600 file (never readable by others, not even for a moment)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    control: str  # scopes read + control
+    read: str  # scope read
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeFiles:
+    dir: Path
+
+    @classmethod
+    def create(cls, configured: str | None) -> RuntimeFiles:
+        """Resolve the directory and make sure it exists, is ours and is private (0700)."""
+        path = resolve_runtime_dir(configured)
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            info = path.stat()
+        except OSError as e:
+            raise ConfigError(
+                f"control.runtime_dir: cannot create {path}: {e.strerror}; choose a writable directory"
+            ) from None
+        if info.st_uid != os.getuid():
+            raise ConfigError(
+                f"control.runtime_dir: {path} belongs to another user; set control.runtime_dir to a private directory"
+            )
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            os.chmod(path, 0o700)
+        return cls(path)
+
+    @property
+    def ctl_socket(self) -> Path:
+        return self.dir / "ctl.sock"
+
+    @property
+    def websocket_url_file(self) -> Path:
+        return self.dir / "websocket"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "pid"
+
+    def tokens(self) -> Tokens:
+        """The WebSocket tokens, made on first use."""
+        return Tokens(control=self._token("token"), read=self._token("read-token"))
+
+    def _token(self, name: str) -> str:
+        path = self.dir / name
+        try:
+            token = path.read_text().strip()
+            if token and stat.S_IMODE(path.stat().st_mode) & 0o077 == 0:
+                return token
+        except FileNotFoundError:
+            pass
+        token = secrets.token_urlsafe(32)
+        write_private(path, token + "\n")
+        return token
