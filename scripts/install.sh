@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-APT_PACKAGES=(build-essential cmake ffmpeg libportaudio2 espeak-ng)
+# Runtime: libportaudio2 (microphone), ffmpeg (any audio file format), xdotool/xclip/wtype/wl-clipboard (typing
+# backends). Tests: espeak-ng (speech), xvfb + pulseaudio (a real display and microphone), systemd (unit check).
+APT_PACKAGES=(build-essential cmake ffmpeg libportaudio2 espeak-ng xvfb xdotool xclip wtype wl-clipboard
+  pulseaudio pulseaudio-utils systemd)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
