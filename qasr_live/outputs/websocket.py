@@ -1,0 +1,695 @@
+"""Caption and control WebSocket: the daemon's event bus, fanned out to local subscribers.
+
+Two layers, so that the daemon never waits for a client:
+
+* ``EventHub`` belongs to the daemon. ``publish(event)`` is synchronous: it numbers the event (``seq`` 1, 2, 3, ...
+  within this daemon run, identified by ``session_id``), encodes it to JSON once, keeps it in a bounded replay
+  buffer and appends it to each subscriber's bounded queue. It never awaits, so a slow or stuck client cannot stall
+  the recognizer loop; the worst a client can do is lose its partials and then its connection.
+* ``WebSocketServer`` is the transport: it authenticates the HTTP handshake (token, browser ``Origin``), then runs
+  one writer (queue → socket) and one reader (client messages → the daemon's ``on_control`` / ``on_config``) per
+  connection. ``Subscription`` holds no socket, so the ctl socket could subscribe to the same hub.
+
+Protocol decisions (the user-facing description is ``docs/websocket.md``):
+
+* On connect the server sends ``hello`` and a snapshot ``state`` (from the daemon's ``state`` callable, else the
+  last published one); live events follow at once, with no need to subscribe. Connection messages (``hello``,
+  the snapshot ``state``, ``error`` replies to the client's own messages) carry ``seq`` 0: they are not part of
+  the event stream, are never replayed, and must not be used as a resume position. Stream events carry ``seq``
+  >= 1, strictly increasing.
+* Reconnecting without gaps: ``?since_seq=N&session=ID`` in the URL replays the retained events after N, then live,
+  atomically (the replay is taken in the same synchronous step that registers the subscriber), so there are no
+  duplicates and no gaps. The ``subscribe`` message does the same in-band and is exact when it is the client's
+  first message, before any live event has been delivered; if live events were already delivered, the missed
+  older ones still follow (no gap, no duplicate) but behind them.
+* Backpressure: a full queue first loses partials that a later partial or ``utterance_end`` of the same utterance
+  supersedes, then the oldest partials, then an incoming partial; commits, ``utterance_end``, ``state`` and every
+  other event are never dropped: when they do not fit, the client is disconnected (close code 1008).
+
+``publish`` and everything else here must be called from the event loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hmac
+import http
+import inspect
+import logging
+import secrets
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from itertools import islice
+from typing import NamedTuple
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from qasr_live import __version__
+from qasr_live.config import WebSocketConfig
+from qasr_live.errors import ConfigError, ProtocolError, QasrError
+from qasr_live.outputs.events import (
+    PROTOCOL_VERSION,
+    SERVER_EVENTS,
+    ClientMessage,
+    ConfigMessage,
+    ControlMessage,
+    ErrorEvent,
+    HelloEvent,
+    ServerEvent,
+    StateEvent,
+    SubscribeMessage,
+    event_from_json,
+    event_to_json,
+)
+from qasr_live.runtime import RuntimeFiles, Tokens, write_private
+
+__all__ = [
+    "CLOSE_TOO_SLOW",
+    "ConfigHandler",
+    "ControlHandler",
+    "EventHub",
+    "Subscription",
+    "WebSocketServer",
+]
+
+log = logging.getLogger(__name__)
+
+READ, CONTROL = "read", "control"
+CLOSE_TOO_SLOW = 1008  # policy violation: the client did not read its events fast enough
+MAX_MESSAGE_BYTES = 1 << 16  # clients send tiny JSON messages; the longest is a config with a context text
+_EVENT_TYPES = frozenset(cls.TYPE for cls in SERVER_EVENTS)
+_LOCAL_ORIGINS = frozenset({"localhost", "127.0.0.1", "::1"})
+_QUERY_KEYS = ("token", "since_seq", "session", "events")
+
+# Called with the action (start, stop, cancel, finalize, toggle, ptt_press, ptt_release); may be a coroutine.
+ControlHandler = Callable[[str], Awaitable[object] | object]
+# Called with (language, context), each None when the client left it unchanged; may be a coroutine.
+ConfigHandler = Callable[[str | None, str | None], Awaitable[object] | object]
+
+
+class _Item(NamedTuple):
+    """One queued message: the JSON text plus what the drop policy needs to know about it."""
+
+    seq: int  # 0 for connection messages
+    type: str
+    utterance_id: str | None
+    text: str
+
+
+def _connection_message(event: ServerEvent) -> _Item:
+    """A message for one connection only (hello, snapshot state, error reply): seq 0, never replayed."""
+    return _Item(0, event.TYPE, None, event_to_json(event, 0))
+
+
+# ---------------------------------------------------------------------------------------------- hub
+
+
+class EventHub:
+    """Numbers, retains and fans out the daemon's events; owned by the daemon, shared by every transport.
+
+    ``session_id`` names this daemon run (seqs restart with every run); ``replay_events`` bounds the replay
+    buffer (0 keeps none). ``last_state`` is the last published ``StateEvent``, the fallback state snapshot for
+    new subscribers.
+    """
+
+    def __init__(self, session_id: str | None = None, replay_events: int = 2000) -> None:
+        self.session_id = session_id or f"s-{secrets.token_hex(6)}"
+        self.last_state: StateEvent | None = None
+        self._seq = 0
+        self._buffer: deque[_Item] = deque(maxlen=max(0, replay_events))
+        self._subscribers: set[Subscription] = set()
+        self.slow_disconnects = 0  # subscribers cut off because even their commits did not fit
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last published event (0 before the first)."""
+        return self._seq
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def publish(self, event: ServerEvent) -> int:
+        """Number, retain and fan out ``event``; return its seq. Never blocks and never awaits.
+
+        Raises ``ProtocolError`` (and consumes no seq) if the event is invalid, ``ValueError`` for a ``hello``
+        (which only a connection can send).
+        """
+        if isinstance(event, HelloEvent):
+            raise ValueError("hello is sent per connection, not published")
+        seq = self._seq + 1
+        item = _Item(seq, event.TYPE, getattr(event, "utterance_id", None), event_to_json(event, seq))
+        self._seq = seq
+        self._buffer.append(item)
+        if isinstance(event, StateEvent):
+            self.last_state = event
+        for sub in tuple(self._subscribers):  # a subscriber that overflows removes itself
+            sub._offer(item)
+        return seq
+
+    def subscribe(
+        self,
+        *,
+        queue_limit: int,
+        first: Iterable[ServerEvent] = (),
+        since_seq: int | None = None,
+        session: str | None = None,
+        events: Iterable[str] | None = None,
+    ) -> Subscription:
+        """Register a subscriber: it is sent the connection messages ``first`` (seq 0: hello, state snapshot),
+        then with ``since_seq`` the retained events after it, then every live event.
+
+        Synchronous, so no event can slip between the replay and the live stream. ``session`` is the client's last
+        known ``session_id``; when it is not this one, ``since_seq`` belongs to another daemon run and the whole
+        retained session is replayed. ``queue_limit`` bounds the live events waiting for this subscriber.
+        """
+        if queue_limit < 1:
+            raise ValueError("queue_limit must be at least 1")
+        sub = Subscription(self, queue_limit=queue_limit, events=events)
+        sub._local.extend(_connection_message(event) for event in first)
+        if since_seq is not None:
+            sub.resume(0 if session is not None and session != self.session_id else since_seq)
+        self._subscribers.add(sub)
+        return sub
+
+    def _retained(self, after: int, upto: int) -> list[_Item]:
+        """Retained events with ``after < seq <= upto``; seqs in the buffer are consecutive."""
+        if not self._buffer:
+            return []
+        oldest = self._buffer[0].seq
+        start = max(0, after + 1 - oldest)
+        stop = max(start, upto + 1 - oldest)
+        return list(islice(self._buffer, start, stop))
+
+    def _oldest_seq(self) -> int:
+        """The seq of the oldest retained event, or the next seq when nothing is retained."""
+        return self._buffer[0].seq if self._buffer else self._seq + 1
+
+
+class Subscription:
+    """One subscriber's view of the hub: a bounded queue of pending events plus the replay still to send.
+
+    The transport loops on ``await next()`` and sends each text; ``None`` means the subscription is over
+    (``failure`` says why when the hub cut it off).
+    """
+
+    def __init__(self, hub: EventHub, *, queue_limit: int, events: Iterable[str] | None) -> None:
+        self._hub = hub
+        self._limit = queue_limit
+        self._filter: frozenset[str] | None = None if events is None else frozenset(events)
+        self._local: deque[_Item] = deque()  # hello, state snapshot, replay_gap: always first
+        self._replay: deque[_Item] = deque()  # retained events being replayed, in seq order
+        self._queue: deque[_Item] = deque()  # live events and error replies, at most queue_limit
+        # Every stream event with seq > _floor is delivered, pending, dropped or filtered out.
+        self._floor = hub.last_seq
+        self._wake = asyncio.Event()
+        self._done = asyncio.Event()
+        self.failure: str | None = None
+        self.dropped_partials = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._done.is_set()
+
+    async def next(self) -> str | None:
+        """The next message to send, waiting for one; ``None`` once the subscription is closed."""
+        while not self._done.is_set():
+            for q in (self._local, self._replay, self._queue):
+                if q:
+                    return q.popleft().text
+            self._wake.clear()
+            await self._wake.wait()
+        return None
+
+    async def wait_closed(self) -> None:
+        await self._done.wait()
+
+    def close(self) -> None:
+        """Stop receiving events (the client went away); idempotent."""
+        self._finish()
+
+    def reply(self, event: ServerEvent) -> None:
+        """Queue a connection message (an error answering the client): seq 0, never dropped, counted against
+        the client's queue so that a client that floods bad messages without reading is disconnected."""
+        if not self._done.is_set():
+            self._enqueue(_connection_message(event))
+
+    def set_events(self, events: Iterable[str] | None) -> None:
+        """Only deliver these event types from now on (``None``: all); pending events of other types go."""
+        self._filter = None if events is None else frozenset(events)
+        if self._filter is not None:
+            keep = self._filter
+
+            def wanted(it: _Item) -> bool:
+                return it.seq == 0 or it.type in keep
+
+            self._replay = deque(filter(wanted, self._replay))
+            self._queue = deque(filter(wanted, self._queue))
+
+    def resume(self, since_seq: int) -> None:
+        """Deliver every retained event with seq > ``since_seq`` not yet covered, before further live events.
+
+        A ``since_seq`` beyond the last published event comes from an earlier daemon run: the whole retained
+        session is replayed. If events after ``since_seq`` are no longer retained, an ``error`` with code
+        ``replay_gap`` says how many are lost and the replay continues from the oldest retained one.
+        """
+        hub = self._hub
+        if since_seq > hub.last_seq:
+            since_seq = 0
+        if since_seq >= self._floor:  # the client already has these: skip any still pending
+            self._replay = deque(it for it in self._replay if it.seq > since_seq)
+            self._queue = deque(it for it in self._queue if it.seq == 0 or it.seq > since_seq)
+            return
+        first = min(hub._oldest_seq(), self._floor + 1)
+        lost = first - since_seq - 1
+        if lost > 0:
+            kept = hub._buffer.maxlen
+            message = (
+                f"{lost} events after since_seq {since_seq} are no longer retained (the server keeps the last "
+                f"{kept}); replay continues from seq {first}"
+            )
+            self._local.append(_connection_message(ErrorEvent(code="replay_gap", message=message, fatal=False)))
+        backfill = [it for it in hub._retained(since_seq, self._floor) if self._wants(it)]
+        self._replay.extendleft(reversed(backfill))
+        self._floor = since_seq
+        self._wake.set()
+
+    # --- called by the hub ---------------------------------------------------------------------------------
+
+    def _wants(self, item: _Item) -> bool:
+        return self._filter is None or item.type in self._filter
+
+    def _offer(self, item: _Item) -> None:
+        if self._wants(item):
+            self._enqueue(item)
+
+    def _enqueue(self, item: _Item) -> None:
+        if len(self._queue) >= self._limit and not self._make_room(item):
+            return
+        self._queue.append(item)
+        self._wake.set()
+
+    def _make_room(self, incoming: _Item) -> bool:
+        """Free a slot by dropping partials; False if ``incoming`` must not be queued (dropped, or overflow)."""
+        limit = self._limit
+        # 1. partials superseded by a later partial or utterance_end of the same utterance (incoming included)
+        later: set[str | None] = set()
+        if incoming.type in ("partial", "utterance_end"):
+            later.add(incoming.utterance_id)
+        kept: list[_Item] = []
+        for it in reversed(self._queue):
+            if it.type == "partial":
+                if it.utterance_id in later:
+                    continue
+                later.add(it.utterance_id)
+            elif it.type == "utterance_end":
+                later.add(it.utterance_id)
+            kept.append(it)
+        kept.reverse()
+        # 2. the oldest partials, whatever their utterance
+        i = 0
+        while len(kept) >= limit and i < len(kept):
+            if kept[i].type == "partial":
+                del kept[i]
+            else:
+                i += 1
+        self.dropped_partials += len(self._queue) - len(kept)
+        self._queue = deque(kept)
+        if len(kept) < limit:
+            return True
+        # 3. nothing droppable is left
+        if incoming.type == "partial":
+            self.dropped_partials += 1
+            return False
+        self._fail(f"too slow: {limit} undelivered events that cannot be dropped; reconnect with since_seq")
+        return False
+
+    def _fail(self, reason: str) -> None:
+        self.failure = reason
+        self._hub.slow_disconnects += 1
+        log.warning("websocket client disconnected: %s (%d partials dropped before)", reason, self.dropped_partials)
+        self._finish()
+
+    def _finish(self) -> None:
+        self._hub._subscribers.discard(self)
+        self._local.clear()
+        self._replay.clear()
+        self._queue.clear()
+        self._done.set()
+        self._wake.set()
+
+
+# ---------------------------------------------------------------------------------------------- server
+
+
+@dataclass(frozen=True, slots=True)
+class _Admission:
+    """What an accepted handshake asked for and is allowed to do."""
+
+    scopes: list[str]
+    since_seq: int | None
+    session: str | None
+    events: list[str] | None
+
+
+class _Rejection(NamedTuple):
+    status: http.HTTPStatus
+    reason: str
+
+
+class WebSocketServer:
+    """Serves an ``EventHub`` over WebSocket on ``config.host:config.port`` (see ``docs/websocket.md``).
+
+    ``on_control`` and ``on_config`` receive the messages of clients with the control scope; they may be plain
+    functions or coroutines. A connection's messages are handled one at a time, in order, so a client's
+    ``ptt_press`` is handled before its ``ptt_release``; a coroutine runs in its own task, shielded, so a client
+    that disconnects does not cancel the daemon half-way through an action. A ``QasrError`` they raise is reported
+    to that client as an ``error`` event (``control_failed`` / ``config_failed``), any other exception is logged
+    and reported as ``internal_error``; the connection stays either way. No acknowledgement is sent on success:
+    the effect shows as the events the daemon publishes (``state`` ...).
+    """
+
+    def __init__(
+        self,
+        hub: EventHub,
+        config: WebSocketConfig,
+        runtime: RuntimeFiles,
+        *,
+        on_control: ControlHandler | None = None,
+        on_config: ConfigHandler | None = None,
+        state: Callable[[], StateEvent] | None = None,
+        server_version: str = __version__,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        close_timeout: float = 2.0,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.hub = hub
+        self.config = config
+        self.runtime = runtime
+        self.on_control = on_control
+        self.on_config = on_config
+        self._state = state
+        self.server_version = server_version
+        self._ping = (ping_interval, ping_timeout)
+        self._close_timeout = close_timeout
+        self._max_message_bytes = max_message_bytes
+        self._tokens: Tokens | None = None
+        self._server: Server | None = None
+        self._connections: set[ServerConnection] = set()
+        self._handlers: set[asyncio.Task[None]] = set()  # running on_control/on_config calls (kept referenced)
+        self.url: str | None = None
+
+    async def __aenter__(self) -> WebSocketServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> str:
+        """Listen, write ``ws://HOST:PORT`` to the runtime directory (0600) and return it."""
+        if self._server is not None:
+            raise RuntimeError("the WebSocket server is already running")
+        self._tokens = self.runtime.tokens()
+        host, port = self.config.host, self.config.port
+        try:
+            self._server = await serve(
+                self._handle,
+                host,
+                port,
+                process_request=self._process_request,
+                server_header=f"qasr-live/{__version__}",
+                # Local traffic: compression would only cost one deflate per client per event.
+                compression=None,
+                max_size=self._max_message_bytes,
+                ping_interval=self._ping[0],
+                ping_timeout=self._ping[1],
+                close_timeout=self._close_timeout,
+            )
+        except OSError as e:
+            raise ConfigError(
+                f"websocket: cannot listen on {host}:{port}: {e.strerror or e}; choose another websocket.port "
+                "(0 picks a free one) or stop the program using it"
+            ) from None
+        addr, bound_port = self._server.sockets[0].getsockname()[:2]
+        addr = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr, addr)  # the file is for local clients
+        self.url = f"ws://[{addr}]:{bound_port}" if ":" in addr else f"ws://{addr}:{bound_port}"
+        write_private(self.runtime.websocket_url_file, self.url + "\n")
+        log.info("websocket: listening on %s", self.url)
+        return self.url
+
+    async def stop(self) -> None:
+        """Close every connection (1001), stop listening and remove the URL file; idempotent.
+
+        A client that does not read cannot complete the closing handshake, so after ``close_timeout`` its TCP
+        connection is aborted: stopping never waits on a client for long.
+        """
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(server.wait_closed()), self._close_timeout + 0.5)
+        except TimeoutError:
+            for ws in tuple(self._connections):
+                ws.transport.abort()
+            await server.wait_closed()
+        if self._handlers:  # let running control actions finish (briefly) rather than leave them dangling
+            await asyncio.wait(self._handlers, timeout=self._close_timeout)
+        path = self.runtime.websocket_url_file
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == self.url:
+                path.unlink()
+        log.info("websocket: stopped")
+
+    # --- handshake -----------------------------------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Refuse the upgrade (plain HTTP response) unless path, Origin, token and query are acceptable."""
+        verdict = self._admit(request)
+        if isinstance(verdict, _Admission):
+            return None
+        log.info("websocket: refused %s: %d %s", connection.remote_address, verdict.status, verdict.reason)
+        response = connection.respond(verdict.status, verdict.reason + "\n")
+        if verdict.status == http.HTTPStatus.UNAUTHORIZED:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="qasr-live"'
+        return response
+
+    def _admit(self, request: Request) -> _Admission | _Rejection:
+        """Check a handshake request; a pure function of the request and the tokens."""
+        headers: Headers = request.headers
+        url = urlsplit(request.path)
+        if url.path != "/":
+            return _Rejection(http.HTTPStatus.NOT_FOUND, f"no such path {url.path!r}: connect to /")
+        # Browsers always send Origin and cannot be stopped from connecting anywhere (CSWSH); only pages served
+        # from this machine may talk to the daemon. Non-browser clients send no Origin.
+        origins = headers.get_all("Origin")
+        if len(origins) > 1 or (origins and not _local_origin(origins[0])):
+            return _Rejection(
+                http.HTTPStatus.FORBIDDEN,
+                f"Origin {', '.join(origins)} is not allowed: only pages from http(s)://localhost, 127.0.0.1 or "
+                "[::1] may connect",
+            )
+        query = parse_qs(url.query, keep_blank_values=True)
+        for key, values in query.items():
+            if key not in _QUERY_KEYS:
+                return _Rejection(
+                    http.HTTPStatus.BAD_REQUEST, f"unknown query parameter {key!r} (known: {', '.join(_QUERY_KEYS)})"
+                )
+            if len(values) > 1:
+                return _Rejection(http.HTTPStatus.BAD_REQUEST, f"query parameter {key!r} given more than once")
+        scopes = self._scopes(headers, query.get("token", [None])[0])
+        if isinstance(scopes, _Rejection):
+            return scopes
+        since = query.get("since_seq", [None])[0]
+        if since is not None and not (since.isascii() and since.isdigit()):
+            return _Rejection(http.HTTPStatus.BAD_REQUEST, f"since_seq must be a non-negative integer, got {since!r}")
+        events = query.get("events", [None])[0]
+        names = None if events is None else [e for e in events.split(",") if e]
+        if names is not None and (bad := [e for e in names if e not in _EVENT_TYPES]):
+            known = ", ".join(sorted(_EVENT_TYPES))
+            return _Rejection(http.HTTPStatus.BAD_REQUEST, f"events: unknown event type {bad[0]!r} (known: {known})")
+        return _Admission(
+            scopes=scopes,
+            since_seq=None if since is None else int(since),
+            session=query.get("session", [None])[0],
+            events=names,
+        )
+
+    def _scopes(self, headers: Headers, query_token: str | None) -> list[str] | _Rejection:
+        """The scopes of the presented token (header ``Authorization: Bearer T`` or ``?token=T``)."""
+        auth = headers.get_all("Authorization")
+        if len(auth) > 1:
+            return _Rejection(http.HTTPStatus.BAD_REQUEST, "more than one Authorization header")
+        token = query_token
+        if auth:
+            scheme, _, value = auth[0].strip().partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                return _Rejection(http.HTTPStatus.UNAUTHORIZED, "Authorization must be 'Bearer TOKEN'")
+            token = value.strip()
+        where = self.runtime.dir
+        if token is None:
+            if not self.config.require_token:
+                return [READ, CONTROL]
+            return _Rejection(
+                http.HTTPStatus.UNAUTHORIZED,
+                f"missing token: send 'Authorization: Bearer TOKEN' or add ?token=TOKEN to the URL; the tokens are "
+                f"{where}/token (read and control) and {where}/read-token (read only)",
+            )
+        assert self._tokens is not None
+        # Compare against both tokens every time, in constant time, so timing reveals neither.
+        given = token.encode()
+        is_control = hmac.compare_digest(given, self._tokens.control.encode())
+        is_read = hmac.compare_digest(given, self._tokens.read.encode())
+        if is_control:
+            return [READ, CONTROL]
+        if is_read:
+            return [READ]
+        return _Rejection(
+            http.HTTPStatus.UNAUTHORIZED,
+            f"invalid token: use the contents of {where}/token or {where}/read-token (they change only when deleted)",
+        )
+
+    # --- connection ----------------------------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        """One connection: a writer and a reader task; whichever ends first (or an overflow) ends both."""
+        assert ws.request is not None
+        admission = self._admit(ws.request)
+        if not isinstance(admission, _Admission):  # the handshake already refused it; cannot happen
+            return
+        hello = HelloEvent(
+            protocol=PROTOCOL_VERSION,
+            server_version=self.server_version,
+            session_id=self.hub.session_id,
+            scopes=admission.scopes,
+        )
+        snapshot = self._state() if self._state is not None else self.hub.last_state
+        sub = self.hub.subscribe(
+            queue_limit=self.config.client_queue,
+            first=[hello] if snapshot is None else [hello, snapshot],
+            since_seq=admission.since_seq,
+            session=admission.session,
+            events=admission.events,
+        )
+        self._connections.add(ws)
+        peer = ws.remote_address
+        log.info("websocket: client %s connected, scopes %s", peer, ",".join(admission.scopes))
+        writer = asyncio.create_task(self._write(ws, sub))
+        reader = asyncio.create_task(self._read(ws, sub, admission.scopes))
+        cut_off = asyncio.create_task(sub.wait_closed())
+        tasks = (writer, reader, cut_off)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if sub.failure is not None:
+                await self._close(ws, CLOSE_TOO_SLOW, sub.failure)
+            for task in (writer, reader):
+                exc = task.exception() if task.done() and not task.cancelled() else None
+                if exc is not None and not isinstance(exc, ConnectionClosed):
+                    log.error("websocket: connection %s failed", peer, exc_info=exc)
+                    await self._close(ws, 1011, "internal error; see the daemon log")
+        finally:
+            sub.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._connections.discard(ws)
+            log.info("websocket: client %s gone (%s)", peer, sub.failure or "closed")
+
+    async def _close(self, ws: ServerConnection, code: int, reason: str) -> None:
+        """Close with a reason, aborting the TCP connection if the client does not complete the handshake
+        (a stuck client never reads the close frame; websockets' own close would wait for the write buffer)."""
+        try:
+            await asyncio.wait_for(ws.close(code, reason[:120]), self._close_timeout)
+        except TimeoutError:
+            ws.transport.abort()
+
+    async def _write(self, ws: ServerConnection, sub: Subscription) -> None:
+        while (text := await sub.next()) is not None:
+            await ws.send(text)
+
+    async def _read(self, ws: ServerConnection, sub: Subscription, scopes: list[str]) -> None:
+        async for raw in ws:
+            await self._on_message(raw, sub, scopes)
+
+    async def _on_message(self, raw: str | bytes, sub: Subscription, scopes: list[str]) -> None:
+        if isinstance(raw, bytes):
+            sub.reply(_error("bad_message", "binary frames are not accepted: send JSON text messages"))
+            return
+        try:
+            _, message = event_from_json(raw)
+        except ProtocolError as e:
+            sub.reply(_error("bad_message", str(e)))
+            return
+        if isinstance(message, SubscribeMessage):
+            sub.set_events(message.events)
+            if message.since_seq is not None:
+                sub.resume(message.since_seq)
+            return
+        if not isinstance(message, ControlMessage | ConfigMessage):
+            sub.reply(
+                _error("bad_message", f"{message.TYPE} is a server event; clients send subscribe, control or config")
+            )
+            return
+        if CONTROL not in scopes:
+            sub.reply(
+                _error(
+                    "forbidden",
+                    f"{message.TYPE} needs the control scope; this connection has read only (connect with the token "
+                    f"in {self.runtime.dir}/token instead of read-token)",
+                )
+            )
+            return
+        call: Callable[[], object] | None = None
+        if isinstance(message, ControlMessage) and (on_control := self.on_control) is not None:
+            call = functools.partial(on_control, message.action)
+        elif isinstance(message, ConfigMessage) and (on_config := self.on_config) is not None:
+            call = functools.partial(on_config, message.language, message.context)
+        if call is None:
+            sub.reply(_error("unavailable", f"this server does not accept {message.TYPE} messages"))
+            return
+        # In a task, shielded: a client that disconnects must not cancel the daemon half-way through an action.
+        task = asyncio.create_task(self._dispatch(message, call, sub))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+        await asyncio.shield(task)
+
+    async def _dispatch(self, message: ClientMessage, call: Callable[[], object], sub: Subscription) -> None:
+        """Run one handler; its failure is reported to the client (if still there) and never ends the server."""
+        try:
+            result = call()
+            if inspect.isawaitable(result):
+                await result
+        except QasrError as e:
+            sub.reply(_error(f"{message.TYPE}_failed", str(e)))
+        except Exception:
+            log.exception("websocket: %s handler failed on %r", message.TYPE, message)
+            sub.reply(_error("internal_error", f"the daemon failed to handle {message.TYPE}; see its log"))
+
+
+def _error(code: str, message: str) -> ErrorEvent:
+    return ErrorEvent(code=code, message=message, fatal=False)
+
+
+def _local_origin(origin: str) -> bool:
+    """Whether ``origin`` is a page on this machine: http(s)://localhost, 127.0.0.1 or [::1], any port."""
+    try:
+        url = urlsplit(origin)
+        url.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return False
+    return (
+        url.scheme in ("http", "https")
+        and url.hostname in _LOCAL_ORIGINS
+        and url.username is None
+        and url.path in ("", "/")
+        and not url.query
+    )
