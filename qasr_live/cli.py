@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -50,6 +51,9 @@ def _config(args):
         ("language", "recognition.language"),
         ("context", "recognition.context"),
         ("threads", "engine.decoder_threads"),
+        ("mode", "trigger.mode"),
+        ("source", "audio.source"),
+        ("device", "audio.device"),
     ):
         value = getattr(args, option, None)
         if value is not None:
@@ -126,6 +130,52 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from qasr_live.daemon import serve
+
+    cfg = _config(args)
+    return serve(cfg, resolve_model(cfg))
+
+
+def cmd_ctl(args) -> int:
+    from qasr_live.control.ctl import send_command
+    from qasr_live.runtime import resolve_runtime_dir
+
+    cfg = _config(args)
+    reply = send_command(resolve_runtime_dir(cfg.control.runtime_dir), args.action, timeout=args.timeout)
+    if args.action == "status" or args.json:
+        print(json.dumps(reply, indent=2, ensure_ascii=False))
+    return 0 if reply.get("ok", True) else 1
+
+
+def cmd_history(args) -> int:
+    from qasr_live.outputs.journal import default_journal_path, format_history, read_entries
+
+    cfg = _config(args)
+    path = Path(cfg.journal.path) if cfg.journal.path else default_journal_path()
+    if not path.exists():
+        print(f"no dictation yet ({path} does not exist)", file=sys.stderr)
+        return 0
+    entries = read_entries(path)
+    print(format_history(entries[-args.n :] if args.n else entries))
+    return 0
+
+
+def cmd_devices(args) -> int:
+    from qasr_live.audio.capture import list_input_devices
+
+    for device in list_input_devices():
+        print(device.describe())
+    return 0
+
+
+def cmd_install_service(args) -> int:
+    from qasr_live.service import install_service
+
+    install_service(str(args.config) if args.config else None, enable=not args.no_enable)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qasr-live", description="Local dictation and transcription on Qwen3-ASR.")
     parser.add_argument("--version", action="version", version=f"qasr-live {__version__}")
@@ -151,6 +201,38 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--decoder", default="f16,q8_0,q4_k", help="decoder precisions (f32,f16,q8_0,q4_k)")
     e.add_argument("--force", action="store_true", help="replace OUT_MODEL_DIR if it exists")
     e.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("serve", help="run the dictation daemon (microphone -> text typed and published)")
+    s.add_argument("--config", type=Path, help="config.yaml (default: ~/.config/qasr-live/config.yaml)")
+    s.add_argument("--model", help="exported model directory (overrides model.dir)")
+    s.add_argument("--language", help="force the language, e.g. English (default: detect)")
+    s.add_argument("--context", help="background text or hot words for the system prompt")
+    s.add_argument("--mode", help="trigger mode: ptt, toggle or continuous (overrides trigger.mode)")
+    s.add_argument("--device", help="input device by name (overrides audio.device)")
+    s.add_argument("--source", help="a WAV file or - (raw 16 kHz s16le on stdin) instead of the microphone")
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("ctl", help="control the running daemon (bind these to keys on Wayland)")
+    c.add_argument(
+        "action", choices=["start", "stop", "toggle", "cancel", "finalize", "ptt-press", "ptt-release", "status"]
+    )
+    c.add_argument("--config", type=Path, help="config.yaml of the daemon (to find its runtime directory)")
+    c.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon's answer")
+    c.add_argument("--json", action="store_true", help="print the daemon's answer")
+    c.set_defaults(func=cmd_ctl)
+
+    h = sub.add_parser("history", help="print recent dictation from the journal")
+    h.add_argument("-n", type=int, default=20, help="last N commits (0 = all)")
+    h.add_argument("--config", type=Path, help="config.yaml (to find the journal)")
+    h.set_defaults(func=cmd_history)
+
+    d = sub.add_parser("devices", help="list audio input devices (for audio.device in config.yaml)")
+    d.set_defaults(func=cmd_devices)
+
+    i = sub.add_parser("install-service", help="install and start the systemd user service")
+    i.add_argument("--config", type=Path, help="config.yaml the service should use")
+    i.add_argument("--no-enable", action="store_true", help="only write the unit file")
+    i.set_defaults(func=cmd_install_service)
     return parser
 
 

@@ -109,6 +109,7 @@ class Decoder:
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
         self._sampler = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+        self.greedy = temperature <= 0
         if temperature > 0:
             llama.llama_sampler_chain_add(self._sampler, llama.llama_sampler_init_temp(temperature))
             llama.llama_sampler_chain_add(self._sampler, llama.llama_sampler_init_dist(seed))
@@ -161,8 +162,12 @@ class Decoder:
             self._llama.llama_memory_seq_rm(self._memory, 0, n_keep, -1)
             self.n_past = n_keep
 
-    def feed_tokens(self, tokens: list[int], want_logits: bool = True) -> None:
-        self._feed(self._token_batch, len(tokens), want_logits, tokens=tokens)
+    def feed_tokens(self, tokens: list[int], want_logits: bool = True, all_logits: bool = False) -> None:
+        """Append tokens; logits for the last one (want_logits), or for every one (all_logits: one batch, so at
+        most n_batch tokens; `sample(i)` then reads the prediction after the i-th)."""
+        if all_logits and len(tokens) > self.n_batch:
+            raise DecoderError(f"logits for {len(tokens)} tokens need one batch, but n_batch is {self.n_batch}")
+        self._feed(self._token_batch, len(tokens), want_logits, tokens=tokens, all_logits=all_logits)
 
     def feed_embeddings(self, rows: np.ndarray, want_logits: bool = False) -> None:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
@@ -170,7 +175,7 @@ class Decoder:
             raise DecoderError(f"audio rows of shape {rows.shape} do not fit the decoder width {self.n_embd}")
         self._feed(self._embd_batch, len(rows), want_logits, rows=rows)
 
-    def _feed(self, batch, n: int, want_logits: bool, tokens=None, rows=None) -> None:
+    def _feed(self, batch, n: int, want_logits: bool, tokens=None, rows=None, all_logits: bool = False) -> None:
         self._check_open()
         if self.n_past + n > self.n_ctx:
             raise DecoderError(
@@ -186,7 +191,7 @@ class Decoder:
                 ctypes.memmove(batch.embd, rows[start : start + m].ctypes.data, m * self.n_embd * 4)
             for i in range(m):
                 batch.pos[i] = self.n_past + i
-                batch.logits[i] = 0
+                batch.logits[i] = 1 if all_logits else 0
             last = start + m == n
             batch.logits[m - 1] = 1 if (want_logits and last) else 0
             batch.n_tokens = m
@@ -195,10 +200,11 @@ class Decoder:
                 raise DecoderError(f"llama_decode failed with code {rc} at position {self.n_past}")
             self.n_past += m
 
-    def sample(self) -> int:
-        """The next token after the last fed position (greedy unless a temperature was set)."""
+    def sample(self, index: int = -1) -> int:
+        """The next token after the last fed position, or after the index-th token of the last batch fed with
+        all_logits (greedy unless a temperature was set)."""
         self._check_open()
-        token = self._llama.llama_sampler_sample(self._sampler, self._ctx, -1)
+        token = self._llama.llama_sampler_sample(self._sampler, self._ctx, index)
         return int(token)
 
     def close(self) -> None:

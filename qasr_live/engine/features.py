@@ -53,24 +53,46 @@ def _window() -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / N_FFT)  # periodic Hann (divides by N, not N - 1)
 
 
-def mel_power(audio: np.ndarray) -> np.ndarray:
-    """Mel power spectrogram (n_mels, len(audio) // HOP) before the log; float64."""
-    audio = np.asarray(audio, dtype=np.float64)
-    n_frames = len(audio) // HOP
-    if n_frames == 0:
+def mel_power(audio: np.ndarray, first: int = 0, stop: int | None = None) -> np.ndarray:
+    """Mel power spectrogram (n_mels, stop - first) before the log, float64, of frames [first, stop) of the clip
+    `audio` (default: all len(audio) // HOP frames). Each frame is computed exactly as in the spectrogram of the
+    whole clip (centred, reflect-padded at the clip's two ends), so a growing clip can be analysed piecewise."""
+    audio = np.asarray(audio)
+    n = len(audio)
+    stop = n // HOP if stop is None else stop
+    if not 0 <= first <= stop <= n // HOP:
+        raise ValueError(f"frames [{first}, {stop}) are not within the {n // HOP} frames of {n} samples")
+    if stop == first:
         return np.zeros((N_MELS, 0))
-    padded = np.pad(audio, N_FFT // 2, mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:n_frames]
+    half = N_FFT // 2
+    lo, hi = first * HOP - half, (stop - 1) * HOP + half  # the samples these frames see, in clip coordinates
+    if lo >= 0 and hi <= n:
+        padded = np.asarray(audio[lo:hi], dtype=np.float64)
+    elif n > half:  # reflect at the clip's ends (index -j is sample j; index n - 1 + j is sample n - 1 - j)
+        index = np.abs(np.arange(lo, hi))
+        padded = np.asarray(audio[np.where(index >= n, 2 * (n - 1) - index, index)], dtype=np.float64)
+    else:  # a clip shorter than the padding: numpy's repeated reflection, as for the whole clip
+        padded = np.pad(np.asarray(audio, dtype=np.float64), half, mode="reflect")[first * HOP : hi + half]
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]
     power = np.abs(np.fft.rfft(frames * _window(), axis=-1)) ** 2
     return mel_filters().T @ power.T
 
 
+def log_mel_raw(audio: np.ndarray, first: int = 0, stop: int | None = None) -> np.ndarray:
+    """log10 mel power of frames [first, stop), floored at 1e-10, before the clip-wide normalisation."""
+    return np.log10(np.maximum(mel_power(audio, first, stop), 1e-10))
+
+
+def normalize_log_mel(raw: np.ndarray, peak: float) -> np.ndarray:
+    """Whisper's normalisation given the clip's maximum `peak` of log_mel_raw: dynamic range limited to peak - 8,
+    then (x + 4) / 4, float32. Frames of one clip may be normalised separately with the same peak."""
+    return ((np.maximum(raw, peak - 8.0) + 4.0) / 4.0).astype(np.float32)
+
+
 def log_mel(audio: np.ndarray) -> np.ndarray:
     """Whisper-normalised log-mel features, shape (128, len(audio) // 160), float32."""
-    log_spec = np.log10(np.maximum(mel_power(audio), 1e-10))
-    if log_spec.size:
-        log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+    raw = log_mel_raw(audio)
+    return normalize_log_mel(raw, raw.max() if raw.size else 0.0)
 
 
 def feature_output_length(n_frames: int) -> int:

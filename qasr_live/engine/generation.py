@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from qasr_live.engine.decoder import Decoder
@@ -16,6 +16,7 @@ GUARD_MAX_DISTINCT = 3
 class Generation:
     tokens: list[int]
     stopped: str  # "eos", "max_tokens" or "repetition"
+    drafted: int = 0  # tokens accepted from the draft (verified in a batch, not decoded one by one)
 
 
 def is_looping(tokens: list[int]) -> bool:
@@ -37,20 +38,54 @@ def generate(
     max_new_tokens: int,
     repetition_guard: bool = True,
     on_token: Callable[[int], None] | None = None,
+    draft: Sequence[int] = (),
 ) -> Generation:
     """Sample after the current position until a stop token, the budget, or a loop. The prompt must already be
     fed with logits for its last position. Stop tokens are not included; a detected loop is cut off where it
-    started."""
+    started.
+
+    `draft`: the tokens expected to come next (e.g. what an earlier decode of the same audio generated after the
+    same prefix). Once the first of them is sampled, the rest are fed in one batch with logits for every
+    position, and each is accepted while it is what would have been sampled there: the same tokens, in one
+    batched step instead of one decode per token. A wrong guess costs the rest of that batch. Greedy decoding
+    only (a sampling decoder ignores the draft)."""
     tokens: list[int] = []
+    guess = list(draft) if getattr(decoder, "greedy", False) else []
+    batch: list[int] = []  # a verification batch fed after the sampled tokens; `index` its position predicting next
+    index = -1
+    stopped, drafted = "max_tokens", 0
     while len(tokens) < max_new_tokens:
-        token = decoder.sample()
+        token = decoder.sample(index) if batch else decoder.sample()
         if token in stop_ids:
-            return Generation(tokens, "eos")
+            stopped = "eos"
+            break
         tokens.append(token)
         if on_token is not None:
             on_token(token)
         if repetition_guard and is_looping(tokens):
-            return Generation(_before_loop(tokens), "repetition")
-        if len(tokens) < max_new_tokens:
-            decoder.feed_tokens([token])
-    return Generation(tokens, "max_tokens")
+            stopped = "repetition"
+            break
+        if len(tokens) >= max_new_tokens:
+            break
+        if batch:  # `token` was predicted at batch[index]: is it the batch's next token, already fed?
+            if index + 1 < len(batch) and batch[index + 1] == token:
+                index += 1
+                drafted += 1
+                continue
+            decoder.rewind(decoder.n_past - len(batch) + index + 1)
+            batch, index = [], -1
+        elif guess and token == guess[0]:
+            batch = guess[: max_new_tokens - len(tokens) + 1]
+            guess = []
+            if len(batch) > 1:
+                decoder.feed_tokens(batch, all_logits=True)
+                index = 0
+                continue
+            batch = []
+        guess = []
+        decoder.feed_tokens([token])
+    if batch:  # drop the batch's unaccepted guesses: the sequence holds exactly the accepted tokens
+        decoder.rewind(decoder.n_past - len(batch) + index + 1)
+    if stopped == "repetition":
+        return Generation(_before_loop(tokens), "repetition", drafted)
+    return Generation(tokens, stopped, drafted)

@@ -21,7 +21,7 @@ from qasr_live.engine.decoder import Decoder
 from qasr_live.engine.features import SAMPLE_RATE, log_mel
 from qasr_live.engine.generation import generate
 from qasr_live.engine.model_dir import ModelDir
-from qasr_live.engine.prompt import ASR_TEXT, parse_answer, prompt_head, prompt_tail
+from qasr_live.engine.prompt import ASR_TEXT, build_prompt, split_answer
 from qasr_live.engine.transcript import Segment, Stats, Transcript
 from qasr_live.errors import AudioError
 
@@ -76,6 +76,33 @@ class _Memory:
     text_ids: tuple[int, ...] = ()
 
 
+def open_decoder(model: ModelDir, engine: EngineConfig) -> Decoder:
+    """The model's decoder as `engine` configures it, checked (at load time, not mid-file) to know the tokens the
+    prompt uses."""
+    decoder = Decoder(
+        model.decoder,
+        n_ctx=engine.n_ctx,
+        n_batch=engine.n_batch,
+        threads=engine.decoder_threads,
+        n_gpu_layers=engine.n_gpu_layers,
+        kv_cache_type=engine.kv_cache_type,
+        flash_attention=engine.flash_attention,
+        temperature=engine.temperature,
+        seed=engine.seed,
+    )
+    try:
+        for name in (ASR_TEXT, "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|audio_start|>", "<|audio_end|>"):
+            decoder.token_id(name)
+    except Exception:
+        decoder.close()
+        raise
+    return decoder
+
+
+def stop_ids(decoder: Decoder) -> set[int]:
+    return {decoder.token_id("<|im_end|>"), decoder.token_id("<|endoftext|>")}
+
+
 class Transcriber:
     """Owns a decoder; borrows an encoder (in-process AudioEncoder or EncoderWorker, same methods)."""
 
@@ -83,22 +110,9 @@ class Transcriber:
         self.model = model
         self.engine = engine
         self.encoder = encoder
-        self.decoder = Decoder(
-            model.decoder,
-            n_ctx=engine.n_ctx,
-            n_batch=engine.n_batch,
-            threads=engine.decoder_threads,
-            n_gpu_layers=engine.n_gpu_layers,
-            kv_cache_type=engine.kv_cache_type,
-            flash_attention=engine.flash_attention,
-            temperature=engine.temperature,
-            seed=engine.seed,
-        )
-        d = self.decoder
-        self.asr_text_id = d.token_id(ASR_TEXT)
-        self.stop_ids = {d.token_id("<|im_end|>"), d.token_id("<|endoftext|>")}
-        for name in ("<|im_start|>", "<|audio_start|>", "<|audio_end|>"):
-            d.token_id(name)  # fail at load time, not mid-file, if the vocabulary lacks one
+        self.decoder = open_decoder(model, engine)
+        self.asr_text_id = self.decoder.token_id(ASR_TEXT)
+        self.stop_ids = stop_ids(self.decoder)
 
     def close(self) -> None:
         self.decoder.close()
@@ -159,15 +173,14 @@ class Transcriber:
         d = self.decoder
         # With memory, the earlier answer is continued: its language header is already known.
         header_language = forced or (detected if memory.text_ids else None)
-        head = d.tokenize(prompt_head(context))
-        tail = d.tokenize(prompt_tail(header_language)) + list(memory.text_ids)
-        audio_rows = rows if memory.rows is None else np.concatenate([memory.rows, rows])
+        blocks = [rows] if memory.rows is None else [memory.rows, rows]
+        prompt = build_prompt(d.tokenize, context, header_language, blocks, memory.text_ids)
         t0 = time.perf_counter()
         d.rewind(0)
-        d.feed_tokens(head, want_logits=False)
-        d.feed_embeddings(audio_rows)
-        d.feed_tokens(tail)
-        stats.prefill_tokens += len(head) + len(audio_rows) + len(tail)
+        d.feed_tokens(prompt.head, want_logits=False)
+        d.feed_embeddings(np.concatenate(prompt.rows))
+        d.feed_tokens(prompt.tail)
+        stats.prefill_tokens += prompt.n_positions
         stats.prefill_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
         gen = generate(d, self.stop_ids, self.engine.max_new_tokens, self.engine.repetition_guard)
@@ -177,9 +190,5 @@ class Transcriber:
             _LOGGER.warning("segment ended by %s after %d tokens", gen.stopped, len(gen.tokens))
         if header_language:
             return gen.tokens, gen.tokens, header_language
-        if self.asr_text_id not in gen.tokens:
-            return gen.tokens, gen.tokens, None
-        split = gen.tokens.index(self.asr_text_id)
-        answer = parse_answer(d.detokenize(gen.tokens[: split + 1]))
-        text_ids = [] if answer.language == "" else gen.tokens[split + 1 :]
-        return gen.tokens, text_ids, answer.language
+        language, text_ids = split_answer(gen.tokens, self.asr_text_id, d.detokenize)
+        return gen.tokens, text_ids, language

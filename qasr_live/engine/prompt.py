@@ -11,7 +11,10 @@ forced); ``language None`` means it heard no speech. Special tokens are always r
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 # The Qwen3-ASR special tokens, by string: their ids differ between vocabularies and are always looked up.
 CONTROL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_start|>", "<|audio_end|>", "<|audio_pad|>")
@@ -29,6 +32,36 @@ def prompt_tail(language: str | None = None, text_so_far: str = "") -> str:
     header would be; `text_so_far` continues an earlier answer (segment memory, streaming prefix)."""
     header = f"language {language}{ASR_TEXT}" if language else ""
     return f"<|audio_end|><|im_end|>\n<|im_start|>assistant\n{header}{text_so_far}"
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A decoder prompt: token ids, the audio rows (blocks, concatenated in order) as one audio block, token ids."""
+
+    head: list[int]
+    rows: list[np.ndarray]
+    tail: list[int]
+
+    @property
+    def n_rows(self) -> int:
+        return sum(len(block) for block in self.rows)
+
+    @property
+    def n_positions(self) -> int:
+        return len(self.head) + self.n_rows + len(self.tail)
+
+
+def build_prompt(
+    tokenize: Callable[[str], list[int]],
+    context: str,
+    header_language: str | None,
+    rows: Sequence[np.ndarray],
+    text_ids: Sequence[int] = (),
+) -> Prompt:
+    """The prompt with memory: earlier audio (memory) and the current audio as one audio block, then the header
+    (if the language is known) and the text so far (the memory's text, then the current one); the model continues
+    that text. Used alike by the offline segments and the streaming recognizer."""
+    return Prompt(tokenize(prompt_head(context)), list(rows), tokenize(prompt_tail(header_language)) + list(text_ids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +87,15 @@ def parse_answer(raw: str, forced_language: str | None = None) -> Answer:
     if language.lower() == "none":
         return Answer("", "")
     return Answer(language or None, text.strip())
+
+
+def split_answer(
+    ids: list[int], asr_text_id: int, detokenize: Callable[[list[int]], str]
+) -> tuple[str | None, list[int]]:
+    """The language stated by an answer generated without a written header, and the ids of its text. Language
+    None: none stated (every id is text); "": the model said `language None` (no speech, no text ids)."""
+    if asr_text_id not in ids:
+        return None, ids
+    split = ids.index(asr_text_id)
+    answer = parse_answer(detokenize(ids[: split + 1]))
+    return answer.language, ([] if answer.language == "" else ids[split + 1 :])

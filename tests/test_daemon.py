@@ -1,0 +1,333 @@
+"""The real `qasr-live serve` process, driven like a user and a caption tool would (no display needed here).
+
+Audio comes from a file or stdin source (the same interface as the microphone); control from `qasr-live ctl` and
+WebSocket messages; events are read by a real WebSocket client; commits are checked against the journal.
+The desktop test (Xvfb, PulseAudio microphone, typing into a window, hotkeys) is test_e2e_desktop.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from qasr_live.audio.files import load_audio
+from tests.daemon_harness import RunningDaemon, write_config
+
+RATE = 16000
+
+
+def _speech(tmp: Path, text: str, voice: str = "en-us") -> np.ndarray:
+    wav = tmp / f"speech-{abs(hash(text))}.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "160", "-w", str(wav), text], check=True)
+    return (load_audio(wav) * 32767 * 0.7).astype(np.int16)
+
+
+def _silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), dtype=np.int16)
+
+
+def _noise(seconds: float, dbfs: float = -45.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(seconds * RATE)) * 32768 * 10 ** (dbfs / 20)).astype(np.int16)
+
+
+def _write_wav(path: Path, pcm: np.ndarray) -> Path:
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+def check_event_stream(events: list[dict]) -> dict[str, list[dict]]:
+    """The protocol invariants every run must satisfy; returns the events grouped by utterance."""
+    assert events[0]["type"] == "hello" and events[0]["seq"] == 0
+    numbered = [e["seq"] for e in events if e["seq"] > 0]
+    assert numbered == sorted(set(numbered)), "published seq numbers must strictly increase"
+    utterances: dict[str, list[dict]] = {}
+    for e in events:
+        if "utterance_id" in e and e["type"] != "output":
+            utterances.setdefault(e["utterance_id"], []).append(e)
+    for uid, evs in utterances.items():
+        kinds = [e["type"] for e in evs]
+        assert kinds[0] == "utterance_start", (uid, kinds)
+        assert kinds.count("utterance_end") <= 1 and ("utterance_end" not in kinds or kinds[-1] == "utterance_end")
+        commits = [e for e in evs if e["type"] == "commit"]
+        assert [c["idx"] for c in commits] == list(range(len(commits))), "commit idx must count 0, 1, 2, ..."
+        revs = [e["rev"] for e in evs if e["type"] == "partial"]
+        assert revs == sorted(set(revs)), "partial rev must increase"
+        end = evs[-1]
+        if end["type"] == "utterance_end" and end["reason"] == "no_speech":
+            assert not commits, "a no-speech utterance must not commit text"
+    return utterances
+
+
+def commits_by_utterance(events: list[dict]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for e in events:
+        if e["type"] == "commit":
+            out[e["utterance_id"]] = out.get(e["utterance_id"], "") + e["text"]
+    return out
+
+
+def journal_by_utterance(entries) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for entry in entries:
+        out[entry.utterance_id] = out.get(entry.utterance_id, "") + entry.text
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models) -> Path:
+    return tiny_models["tied"]
+
+
+@pytest.fixture(scope="module")
+def sentences(tmp_path_factory) -> list[np.ndarray]:
+    tmp = tmp_path_factory.mktemp("speech")
+    return [_speech(tmp, t) for t in ("hello world, this is a test", "the quick brown fox", "type this please")]
+
+
+def test_continuous_file_replay(tmp_path: Path, model: Path, sentences) -> None:
+    """Continuous mode over a recording: utterances found by VAD, events in order, journal == commits,
+    noise yields nothing, and the daemon finishes the last utterance and exits cleanly at the end of the file."""
+    audio = np.concatenate(
+        [_silence(0.5), sentences[0], _silence(1.5), _noise(2.0), _silence(0.5), sentences[1], _silence(1.0)]
+    )
+    wav = _write_wav(tmp_path / "replay.wav", audio)
+    config = write_config(
+        tmp_path / "config.yaml",
+        model,
+        tmp_path,
+        audio={"source": str(wav)},
+        trigger={"mode": "continuous"},
+        typing={"enabled": False},
+        hotkeys={"enabled": False},
+        streaming={"partial_interval_ms": 300},
+    )
+    daemon = RunningDaemon(config, tmp_path)
+    client = daemon.subscribe(since_seq=0)  # replay whatever happened before we connected
+    try:
+        assert daemon.proc.wait(60) == 0, daemon.log()
+        time.sleep(0.3)
+    finally:
+        client.close()
+        daemon.stop()
+    events = client.events
+    utterances = check_event_stream(events)
+    ends = [e for e in events if e["type"] == "utterance_end"]
+    assert len(ends) == len(utterances), [e["type"] for e in events]
+    # VAD found the two sentences, each starting a little before its onset (pre-roll), and not the noise
+    onsets = [0.5, 0.5 + (len(sentences[0]) / RATE) + 1.5 + 2.0 + 0.5]
+    starts = [e["audio_start"] for e in events if e["type"] == "utterance_start"]
+    assert len(starts) == 2, starts
+    for start, onset in zip(starts, onsets, strict=True):
+        assert onset - 0.4 <= start <= onset + 0.15, (starts, onsets)
+    # VAD ended both on silence; random weights may still decide there was no speech in one
+    assert all(e["reason"] in ("silence", "no_speech") for e in ends)
+    assert all(e["latency"]["final_ms"] >= 0 and e["latency"]["audio_ms"] > 500 for e in ends)
+    assert journal_by_utterance(daemon.journal()) == commits_by_utterance(events)
+    assert "Traceback" not in daemon.log()
+    history = subprocess.run(
+        [sys.executable, "-m", "qasr_live", "history", "-n", "0", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for text in commits_by_utterance(events).values():
+        assert text.strip() in history.stdout
+
+
+class _Mic:
+    """Feeds the daemon's stdin in real time: silence unless a clip is queued (a microphone stand-in)."""
+
+    def __init__(self, stdin) -> None:
+        self._stdin = stdin
+        self._queue: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.idle = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def say(self, pcm: np.ndarray, wait: bool = True) -> None:
+        with self._lock:
+            self.idle.clear()
+            self._queue.append(pcm)
+        if wait:
+            assert self.idle.wait(60)
+
+    def _run(self) -> None:
+        block = RATE // 50  # 20 ms
+        t_next = time.monotonic()
+        pending = np.zeros(0, dtype=np.int16)
+        while not self._stop.is_set():
+            with self._lock:
+                if not pending.size and self._queue:
+                    pending = self._queue.pop(0)
+                if not pending.size and not self._queue:
+                    self.idle.set()
+            chunk, pending = (pending[:block], pending[block:]) if pending.size else (_silence(0.02), pending)
+            chunk = np.pad(chunk, (0, block - len(chunk)))
+            try:
+                self._stdin.write(chunk.tobytes())
+                self._stdin.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                return
+            t_next += 0.02
+            time.sleep(max(0.0, t_next - time.monotonic()))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def ptt_daemon(tmp_path: Path, model: Path):
+    config = write_config(
+        tmp_path / "config.yaml",
+        model,
+        tmp_path,
+        audio={"source": "-"},
+        trigger={"mode": "ptt"},
+        typing={"enabled": False},
+        hotkeys={"enabled": False},
+        streaming={"partial_interval_ms": 250, "memory_tokens": 0},
+    )
+    daemon = RunningDaemon(config, tmp_path, stdin=subprocess.PIPE)
+    mic = _Mic(daemon.proc.stdin)
+    yield daemon, mic
+    mic.close()
+    daemon.stop()
+
+
+def _press_say_release(daemon: RunningDaemon, mic: _Mic, pcm: np.ndarray) -> None:
+    daemon.ctl("ptt-press")
+    mic.say(pcm)
+    daemon.ctl("ptt-release")
+
+
+def test_push_to_talk_over_ctl(ptt_daemon, sentences) -> None:
+    daemon, mic = ptt_daemon
+    client = daemon.subscribe()
+    try:
+        status = daemon.ctl("status")
+        assert status["ok"] and status["status"]["mode"] == "ptt" and status["status"]["state"] == "idle"
+        _press_say_release(daemon, mic, np.concatenate([sentences[0], _silence(0.3)]))
+        first_end = client.wait_for(lambda e: e["type"] == "utterance_end")
+        assert first_end["reason"] == "key_release"
+        assert "final_ms" in first_end["latency"]
+        # silence and noise while the key is held: no text, and the utterance says why
+        _press_say_release(daemon, mic, np.concatenate([_silence(0.5), _noise(1.0, -60.0), _silence(0.5)]))
+        second_end = client.wait_for(lambda e: e["type"] == "utterance_end" and e["seq"] > first_end["seq"])
+        assert second_end["reason"] == "no_speech"
+        # cancel ends the utterance at once (text committed before it stays in the journal; ptt types nothing)
+        daemon.ctl("ptt-press")
+        mic.say(sentences[1][: RATE // 2])
+        daemon.ctl("cancel")
+        third_end = client.wait_for(lambda e: e["type"] == "utterance_end" and e["seq"] > second_end["seq"])
+        assert third_end["reason"] == "cancelled"
+        daemon.ctl("ptt-release")
+        time.sleep(0.3)
+    finally:
+        client.close()
+    utterances = check_event_stream(client.events)
+    assert len(utterances) == 3
+    assert utterances[third_end["utterance_id"]][-1]["type"] == "utterance_end"
+    assert journal_by_utterance(daemon.journal()) == commits_by_utterance(client.events)
+    assert daemon.alive()
+
+
+def test_replay_auth_and_origin(ptt_daemon, sentences) -> None:
+    daemon, mic = ptt_daemon
+    early = daemon.subscribe()
+    _press_say_release(daemon, mic, sentences[2])
+    end = early.wait_for(lambda e: e["type"] == "utterance_end")
+    early.close()
+    # a client that missed everything after seq N gets exactly the missed events, in order
+    start = next(e for e in early.events if e["type"] == "utterance_start")
+    late = daemon.subscribe(since_seq=start["seq"] - 1)
+    late.wait_for(lambda e: e.get("seq") == end["seq"], timeout=10)
+    late.close()
+    missed = [e for e in early.events if e["seq"] >= start["seq"]]
+    replayed = [e for e in late.events if e["seq"] >= start["seq"]]
+    assert replayed[: len(missed)] == missed
+
+    with pytest.raises(InvalidStatus) as wrong:
+        connect(daemon.url, additional_headers={"Authorization": "Bearer not-the-token"}, open_timeout=5)
+    assert wrong.value.response.status_code == 401
+    with pytest.raises(InvalidStatus) as foreign:
+        connect(daemon.url + f"?token={daemon.token()}", origin="https://evil.example", open_timeout=5)
+    assert foreign.value.response.status_code == 403
+    # the read-only token may listen but not control
+    reader = daemon.subscribe(kind="read-token")
+    reader.send({"type": "control", "action": "ptt_press"})
+    error = reader.wait_for(lambda e: e["type"] == "error", timeout=10)
+    reader.close()
+    assert error["code"] == "forbidden"
+    assert daemon.ctl("status")["status"]["state"] == "idle"
+    # the control token drives dictation over the WebSocket too
+    controller = daemon.subscribe()
+    controller.send({"type": "control", "action": "ptt_press"})
+    controller.wait_for(lambda e: e["type"] == "state" and e["state"] == "recording", timeout=10)
+    controller.send({"type": "control", "action": "ptt_release"})
+    controller.wait_for(lambda e: e["type"] == "utterance_end", timeout=30)
+    controller.close()
+    assert daemon.alive()
+
+
+def test_encoder_crash_mid_utterance_loses_nothing(ptt_daemon, sentences) -> None:
+    daemon, mic = ptt_daemon
+    client = daemon.subscribe()
+    pid = daemon.ctl("status")["status"]["encoder_pid"]
+    daemon.ctl("ptt-press")
+    mic.say(sentences[0])  # returns once played in real time: several partial ticks have used the encoder
+    os.kill(pid, signal.SIGKILL)  # the encoder process dies while the key is still held
+    mic.say(sentences[1])
+    daemon.ctl("ptt-release")
+    end = client.wait_for(lambda e: e["type"] == "utterance_end", timeout=60)
+    client.close()
+    assert end["reason"] == "key_release", end
+    status = daemon.ctl("status")["status"]
+    assert status["encoder_pid"] != pid and status["encoder_restarts"] >= 1
+    assert status["errors"] == 0
+    assert journal_by_utterance(daemon.journal()) == commits_by_utterance(client.events)
+    # the audio after the crash was heard too: the utterance covers both sentences
+    assert end["latency"]["audio_ms"] >= (len(sentences[0]) + len(sentences[1])) / RATE * 1000 - 100
+    assert not [e for e in client.events if e["type"] == "error"]
+    assert daemon.alive()
+
+
+def test_bad_config_is_a_clear_error(tmp_path: Path, model: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model:\n  dir: {model}\ntrigger:\n  mode: always\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "qasr_live", "serve", "--config", str(config)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert f"{config}:4: trigger.mode: 'always' is not allowed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ctl_without_daemon_says_how_to_start_it(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"control": {"runtime_dir": str(tmp_path / "run")}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "qasr_live", "ctl", "status", "--config", str(config)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "qasr-live serve" in result.stderr and str(tmp_path / "run") in result.stderr
