@@ -246,7 +246,7 @@ class TypingConfig:
     enabled: bool = _opt(True, "type committed text into the focused window")
     backend: str = _opt(
         "auto",
-        "auto = chosen from the session type (X11/macOS: pynput, Wayland: wtype, else clipboard paste)",
+        "auto = chosen from the session type (X11: XTest, macOS: pynput, Wayland: wtype, else clipboard paste)",
         choices=("auto", "pynput", "wtype", "clipboard"),
     )
     separator: str = _opt(" ", "typed between two utterances")
@@ -268,7 +268,7 @@ class StreamingConfig:
     )
     agreement: bool = _opt(False, "commit only text two consecutive partials agree on (LocalAgreement-2)")
     reencode_open_window: bool = _opt(
-        True, "exact mode: re-run the encoder over the whole open 8 s window on every partial"
+        True, "exact mode: rows equal an offline encoding (open 8 s window re-run); false = each chunk encoded once"
     )
     memory_tokens: int = _opt(
         400,

@@ -75,6 +75,8 @@ class _Utterance:
     t_end: float | None = None  # perf_counter of speech end / key release
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: bool = False
+    typed: bool = False  # some visible text of this utterance went to the typist
+    held_space: str = ""  # trailing white space of the last commit, typed only if more text follows
     ticking: asyncio.Task | None = None
 
 
@@ -399,7 +401,24 @@ class Daemon:
                 self._journal.append(utt.id, commit.idx, commit.text, utt.audio_start, audio_end)
             self._publish(CommitEvent(utterance_id=utt.id, idx=commit.idx, text=commit.text))
             if self._typist is not None:
-                self._spawn(self._type(utt, commit.text.lstrip() if commit.idx == 0 else commit.text))
+                text = self._typeable(utt, commit.text)
+                if text:
+                    self._spawn(self._type(utt, text))
+
+    @staticmethod
+    def _typeable(utt: _Utterance, text: str) -> str:
+        """What to type for a commit: an utterance's text without leading or trailing white space (the typist
+        puts typing.separator between utterances). White space at the end of a commit is held back until more
+        text of the same utterance follows, since nothing typed can be taken back."""
+        from qasr_live.outputs.typing import sanitize
+
+        body = utt.held_space + sanitize(text)
+        if not utt.typed:
+            body = body.lstrip()
+        visible = body.rstrip()
+        utt.held_space = body[len(visible) :]
+        utt.typed = utt.typed or bool(visible)
+        return visible
 
     async def _type(self, utt: _Utterance, text: str) -> None:
         if self.mode == "ptt":

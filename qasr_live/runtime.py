@@ -3,6 +3,7 @@
 Layout of ``$XDG_RUNTIME_DIR/qasr-live`` (mode 0700; every file 0600)::
 
     ctl.sock      Unix socket of `qasr-live ctl`
+    ctl.lock      held (flock) by the running daemon: one daemon per directory
     token         WebSocket token with the read and control scopes
     read-token    WebSocket token with the read scope only (caption overlays, loggers)
     websocket     "ws://HOST:PORT" of the running server (port 0 in config.yaml picks a free one)

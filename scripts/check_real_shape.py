@@ -40,8 +40,22 @@ def main() -> int:
         build_random_checkpoint(ckpt, spec)
         timings["build checkpoint"] = time.perf_counter() - t
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "qasr_live", "export", str(ckpt), str(model), "--force",
-                    "--encoder", "fp32,int8", "--decoder", "f16,q8_0,q4_k"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qasr_live",
+            "export",
+            str(ckpt),
+            str(model),
+            "--force",
+            "--encoder",
+            "fp32,int8",
+            "--decoder",
+            "f16,q8_0,q4_k",
+        ],
+        check=True,
+    )
     timings["export"] = time.perf_counter() - t
     rng = np.random.default_rng(0)
     audio = (rng.standard_normal(int(args.seconds * 16000)) * 0.1).astype(np.float32)
@@ -52,16 +66,36 @@ def main() -> int:
     timings["official generate"] = time.perf_counter() - t
     config = work / "config.yaml"
     for decoder, encoder in (("f16", "fp32"), ("q8_0", "int8"), ("q4_k", "int8")):
-        config.write_text(f"model:\n  encoder_precision: {encoder}\n  decoder_precision: {decoder}\n"
-                          f"engine:\n  repetition_guard: false\n  max_new_tokens: {args.tokens}\n")
+        config.write_text(
+            f"model:\n  encoder_precision: {encoder}\n  decoder_precision: {decoder}\n"
+            f"engine:\n  repetition_guard: false\n  max_new_tokens: {args.tokens}\n"
+        )
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "qasr_live", "transcribe", str(wav), "--model", str(model),
-                        "--config", str(config), "--format", "json", "--out-dir", str(work)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "qasr_live",
+                "transcribe",
+                str(wav),
+                "--model",
+                str(model),
+                "--config",
+                str(config),
+                "--format",
+                "json",
+                "--out-dir",
+                str(work),
+            ],
+            check=True,
+        )
         timings[f"transcribe {decoder}/{encoder}"] = time.perf_counter() - t
         ours = json.loads((work / "audio.json").read_text())["token_ids"]
         same = sum(a == b for a, b in zip(ours, reference, strict=False))
-        print(f"{decoder}/{encoder}: {same}/{len(reference)} positions equal to the official greedy ids"
-              f"{' (identical)' if ours == reference else ''}")
+        print(
+            f"{decoder}/{encoder}: {same}/{len(reference)} positions equal to the official greedy ids"
+            f"{' (identical)' if ours == reference else ''}"
+        )
     for name, seconds in timings.items():
         print(f"{name:28s} {seconds:7.1f} s")
     return 0

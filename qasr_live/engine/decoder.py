@@ -144,12 +144,14 @@ class Decoder:
         return ids[0]
 
     def piece(self, token: int) -> bytes:
+        """The bytes of one token as text: control tokens (<|im_start|>, ...) render as nothing, as the official
+        decoding with skip_special_tokens does; added text tokens such as <asr_text> render as themselves."""
         self._check_open()
         buf = ctypes.create_string_buffer(64)
-        n = self._llama.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        n = self._llama.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = self._llama.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+            n = self._llama.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
         return buf.raw[:n]
 
     def detokenize(self, tokens: list[int]) -> str:

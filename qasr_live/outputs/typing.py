@@ -109,6 +109,7 @@ _REMOVED_FORMAT = frozenset(
     "\u2066\u2067\u2068\u2069"  # isolates
     "\u206a\u206b\u206c\u206d\u206e\u206f"  # deprecated format characters
     "\ufeff\ufff9\ufffa\ufffb"  # BOM / zero-width no-break space, interlinear annotation
+    "\ufffd"  # the replacement character: debris of undecodable bytes, never something said
 )
 
 
