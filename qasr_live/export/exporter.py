@@ -76,8 +76,10 @@ def export_checkpoint(
     force: bool = False,
     progress: Callable[[str], None] = _LOGGER.info,
     threads: int = 0,
+    demo: bool = False,
 ) -> Path:
-    """Export `src` into the model directory `out`; returns `out`."""
+    """Export `src` into the model directory `out`; returns `out`. `demo` marks the manifest as the embedded
+    demo model (qasr_live/models/demo), which the CLI announces as such."""
     src, out = Path(src).expanduser(), Path(out).expanduser()
     encoders = _parse_list(encoders, ENCODER_PRECISIONS, "--encoder")
     decoders = _parse_list(decoders, DECODER_PRECISIONS, "--decoder")
@@ -97,6 +99,7 @@ def export_checkpoint(
         ) from e
     try:
         manifest = _export_into(src, tmp, config, encoders, decoders, progress, threads)
+        manifest["demo"] = demo
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp, out)
     except BaseException:

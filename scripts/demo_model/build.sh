@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Rebuild the demo model end to end on a CPU: data (espeak-ng), two training phases, export into
+# qasr_live/models/demo, evaluation. See docs/demo-model.md for the recipe and the measured figures.
+#   WORK=/tmp/demo_model_work bash scripts/demo_model/build.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+work="${WORK:-/tmp/demo_model_work}"
+mkdir -p "$work"
+[ -f "$work/data/index.json" ] || python3 scripts/demo_model/data.py --out "$work/data" --n 18000
+[ -f "$work/data_clean/index.json" ] || python3 scripts/demo_model/data.py --out "$work/data_clean" --n 9000 --clean
+# Phase 1: augmented data, CTC weight 0.4, the first 1000 steps of a 2200-step cosine schedule.
+python3 scripts/demo_model/train.py --data "$work/data" --work "$work/phase1" --steps 2200 --stop-after 1000
+# Phase 2: clean speech, CTC weight 1, no SpecAugment, a fresh 800-step cosine schedule from phase 1's weights.
+python3 scripts/demo_model/train.py --data "$work/data_clean" --work "$work/phase2" \
+  --init-from "$work/phase1/checkpoint" --steps 800 --lr 1e-3 --warmup 30 --ctc-weight 1.0 --specaug 0 \
+  --seed 20240605 --save-every 100 ${PHASE2_STOP:+--stop-after "$PHASE2_STOP"}
+python3 scripts/demo_model/package.py "$work/phase2/checkpoint"
+python3 scripts/demo_model/evaluate.py qasr_live/models/demo --n 200 --long 125

@@ -1,0 +1,70 @@
+"""Export a trained checkpoint with qasr-live's exporter into qasr_live/models/demo (marked as the demo model).
+
+    python3 scripts/demo_model/package.py CHECKPOINT_DIR [--encoder int8] [--decoder q8_0]
+
+The model files are replaced; vocabulary.json (the grammar, kept in git) stays. Also writes sample.wav (a few
+sentences spoken by the held-out voice, what scripts/demo.sh transcribes) and training.json (the recipe's
+figures from the checkpoint's train_state.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import scipy.io.wavfile
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from qasr_live.export.exporter import export_checkpoint  # noqa: E402
+from tests.demo_speech import HELDOUT_VOICES, synthesize  # noqa: E402
+
+DEMO = ROOT / "qasr_live" / "models" / "demo"
+KEEP = ("vocabulary.json",)
+SAMPLE_TEXT = (
+    "Good morning Anna, please send the report tomorrow.",
+    "The meeting is on Monday at ten thirty.",
+    "Thank you for the quick answer.",
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--encoder", default="int8", help="comma-separated encoder precisions")
+    parser.add_argument("--decoder", default="q8_0", help="comma-separated decoder precisions")
+    parser.add_argument("--out", type=Path, default=DEMO, help="a candidate directory instead of the demo model's")
+    args = parser.parse_args()
+    demo = args.out
+    demo.mkdir(parents=True, exist_ok=True)
+    if demo != DEMO and not (demo / KEEP[0]).exists():
+        shutil.copy2(DEMO / KEEP[0], demo / KEEP[0])
+    with tempfile.TemporaryDirectory(dir=demo.parent) as tmp:
+        out = export_checkpoint(
+            args.checkpoint, Path(tmp) / "demo", args.encoder.split(","), args.decoder.split(","), demo=True
+        )
+        for old in demo.iterdir():
+            if old.name not in KEEP:
+                old.unlink()
+        for new in out.iterdir():
+            shutil.copy2(new, demo / new.name)
+    pause = np.zeros(8000, dtype=np.float32)
+    audio = np.concatenate([np.concatenate([synthesize(t, *HELDOUT_VOICES[0]), pause]) for t in SAMPLE_TEXT])
+    audio = audio / np.max(np.abs(audio)) * 0.5
+    scipy.io.wavfile.write(demo / "sample.wav", 16000, (audio * 32767).astype(np.int16))
+    (demo / "sample.txt").write_text(" ".join(SAMPLE_TEXT) + "\n")
+    state = args.checkpoint / "train_state.json"
+    if state.exists():
+        (demo / "training.json").write_text(json.dumps(json.loads(state.read_text()), indent=2) + "\n")
+    for f in sorted(demo.iterdir()):
+        print(f"{f.stat().st_size / 1e6:8.3f} MB  {f.name}")
+
+
+if __name__ == "__main__":
+    main()
