@@ -401,7 +401,13 @@ def test_microphone_captures_a_sine_burst_selected_by_name(pulse, report):
     report(line)
 
 
-def test_microphone_captures_espeak_speech(pulse, tmp_path):
+def test_microphone_captures_espeak_speech(tmp_path):
+    # its own sound server: nothing an earlier test played (or left playing) can mix into the recording
+    with PulseAudio(tmp_path / "pulse") as pulse, pulse.client_env():
+        _capture_speech(pulse, tmp_path)
+
+
+def _capture_speech(pulse, tmp_path):
     if shutil.which("espeak-ng") is None:
         pytest.skip("needs espeak-ng (apt-get install espeak-ng)")
     wav = tmp_path / "speech.wav"
@@ -428,7 +434,9 @@ def test_microphone_captures_espeak_speech(pulse, tmp_path):
     speech = b > b.min()
     scores = [float(np.corrcoef(a[k : k + len(b)][speech], b[speech])[0, 1]) for k in range(len(a) - len(b) + 1)]
     lag = int(np.argmax(scores))
-    assert speech.mean() > 0.3 and scores[lag] > 0.9, (lag, scores[lag])
+    # Observed: 0.89-0.92 (resampling chain, 10 ms jitter); a recording that misses the first syllables scores
+    # 0.56-0.79, noise or silence about 0.
+    assert speech.mean() > 0.3 and scores[lag] > 0.85, (lag, scores[lag])
 
 
 def test_microphone_reopens_when_the_device_disappears(pulse, caplog):
