@@ -10,7 +10,7 @@ SUDO=""
 # backends). Tests: espeak-ng (speech), xvfb + pulseaudio + libasound2-plugins (a real display and microphone),
 # libtk8.6 (the Tk window the tests type into), systemd (unit check).
 APT_PACKAGES=(build-essential cmake ffmpeg libportaudio2 espeak-ng xvfb xdotool xclip wtype wl-clipboard
-  pulseaudio pulseaudio-utils libasound2-plugins libtk8.6 procps systemd)
+  x11-xkb-utils xkb-data pulseaudio pulseaudio-utils libasound2-plugins libtk8.6 procps systemd)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
