@@ -47,6 +47,7 @@ from qasr_live.outputs.events import (
     UtteranceStartEvent,
 )
 from qasr_live.outputs.journal import Journal, default_journal_path
+from qasr_live.outputs.typing import sanitize
 from qasr_live.runtime import RuntimeFiles
 from qasr_live.service import notify
 
@@ -203,7 +204,7 @@ class Daemon:
                 self.runtime,
                 on_control=self.control,
                 on_config=self.set_recognition,
-                state=lambda: self._state_event(),
+                state=self._state_event,
                 server_version=__version__,
             )
             await self._server.start()
@@ -216,11 +217,11 @@ class Daemon:
         from qasr_live.control.ctl import CtlServer, install_signal_handlers
 
         loop = asyncio.get_running_loop()
-        self._ctl = CtlServer.for_runtime(self.runtime, self._ctl_action, self.status)
+        self._ctl = CtlServer.for_runtime(self.runtime, self.control, self.status)
         await self._ctl.start()
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
-        install_signal_handlers(loop, self._ctl_action)
+        install_signal_handlers(loop, self.control)
         if self.cfg.hotkeys.enabled and self.cfg.audio.source is None:
             from qasr_live.control.hotkeys import HotkeyListener, HotkeysUnavailable, available
 
@@ -228,7 +229,7 @@ class Daemon:
             if not state:
                 _LOGGER.warning("global hotkeys are off: %s", state.reason)
                 return
-            listener = HotkeyListener(self.cfg.hotkeys, self._ctl_action, mode=self.mode, loop=loop)
+            listener = HotkeyListener(self.cfg.hotkeys, self.control, mode=self.mode, loop=loop)
             try:
                 await loop.run_in_executor(None, listener.start)
             except HotkeysUnavailable as e:
@@ -237,9 +238,6 @@ class Daemon:
             self._hotkeys = listener
             if self._typist is not None:
                 self._typist.set_hotkeys(listener)
-
-    async def _ctl_action(self, action: str) -> None:
-        await self.control(action)
 
     def _spawn(self, coro) -> asyncio.Task:
         """Run ``coro`` in the background, kept referenced until done (shutdown waits for these)."""
@@ -286,13 +284,15 @@ class Daemon:
         for event in self._segmenter.feed(block):
             await self._on_vad(event)
 
-    async def _on_vad(self, event) -> None:
+    async def _on_vad(self, event, flush_reason: str = "silence") -> None:
+        """``flush_reason``: how an utterance cut short by flushing the segmenter ended (stop vs end of file)."""
         if isinstance(event, SpeechStart):
             await self._begin_utterance(self._clock_seconds(event.start_sample))
         elif isinstance(event, SpeechAudio):
             await self._add_audio(event.pcm)
         elif isinstance(event, SpeechEnd):
-            await self._end_utterance("max_length" if event.reason == "max_length" else "silence")
+            reasons = {"max_length": "max_length", "silence": "silence", "flush": flush_reason}
+            await self._end_utterance(reasons[event.reason])
         elif isinstance(event, NoSpeech):
             await self._end_utterance("no_speech")
 
@@ -302,6 +302,10 @@ class Daemon:
                 await self._on_vad(event)
         elif self._utt is not None:
             await self._end_utterance("key_release")
+
+    def _restart_segmenter(self) -> None:
+        self._segmenter.reset()
+        self._segment_origin = self._source.samples
 
     def _clock_seconds(self, segment_sample: int) -> float:
         """Session audio time of a sample the segmenter counted (it counts from its last reset)."""
@@ -410,8 +414,6 @@ class Daemon:
         """What to type for a commit: an utterance's text without leading or trailing white space (the typist
         puts typing.separator between utterances). White space at the end of a commit is held back until more
         text of the same utterance follows, since nothing typed can be taken back."""
-        from qasr_live.outputs.typing import sanitize
-
         body = utt.held_space + sanitize(text)
         if not utt.typed:
             body = body.lstrip()
@@ -467,7 +469,6 @@ class Daemon:
 
     async def control(self, action: str) -> None:
         """Apply a control action (from a hotkey, the ctl socket, a signal or a WebSocket client)."""
-        action = action.replace("-", "_")
         if action == "toggle":
             action = "stop" if self._active else "start"
         if action in ("start", "ptt_press"):
@@ -481,8 +482,7 @@ class Daemon:
                 await self._deactivate()
             else:
                 await self._end_utterance("key_release")
-                self._segmenter.reset()
-                self._segment_origin = self._source.samples if self._source is not None else 0
+                self._restart_segmenter()
         else:
             raise QasrError(f"unknown action {action!r}")
 
@@ -492,8 +492,7 @@ class Daemon:
         self._active = True
         if self._source.is_microphone:
             await self._source.start()
-        self._segmenter.reset()
-        self._segment_origin = self._source.samples
+        self._restart_segmenter()
         if self.mode == "ptt":
             await self._begin_utterance(self._source.samples / SAMPLE_RATE)
         else:
@@ -510,10 +509,7 @@ class Daemon:
             await self._end_utterance("key_release")
         else:
             for event in self._segmenter.flush():
-                if isinstance(event, SpeechEnd):
-                    await self._end_utterance("key_release")
-                else:
-                    await self._on_vad(event)
+                await self._on_vad(event, flush_reason="key_release")
         self._set_state("idle")
 
     async def set_recognition(self, language: str | None, context: str | None) -> None:
@@ -527,11 +523,6 @@ class Daemon:
         self.cfg = with_overrides(self.cfg, overrides, sources={k: "config message" for k in overrides})
         rec = self.cfg.recognition
         await self._on_recognizer(lambda r: r.set_recognition(rec.language, rec.context))
-
-    async def _ctl_command(self, command: str) -> dict[str, Any]:
-        if command == "status":
-            return self.status()
-        return await self.control(command)
 
     def status(self) -> dict[str, Any]:
         return {

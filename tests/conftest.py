@@ -75,6 +75,13 @@ def tiny_models(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture
+def forget_display_env(monkeypatch):
+    """Undo, after the test, what code under test exported to os.environ about the X display it used."""
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("XAUTHORITY", raising=False)
+
+
 @pytest.fixture(scope="session")
 def slow_enabled() -> bool:
     return os.environ.get("QASR_SLOW") == "1"

@@ -23,12 +23,8 @@ from qasr_live.outputs.typing import (
 )
 from tests.desktop import TkTextWindow, Xvfb, clipboard_get, clipboard_set, require, set_layouts, xdotool
 
-
-@pytest.fixture(autouse=True)
-def _own_display_env(monkeypatch):
-    """The pynput backend exports the session's DISPLAY into os.environ (Xlib reads it there): undo that."""
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("XAUTHORITY", raising=False)
+# the listener / typist export the session's DISPLAY into os.environ (pynput's Xlib reads it there): undo that
+pytestmark = pytest.mark.usefixtures("forget_display_env")
 
 
 @pytest.fixture(scope="module")
