@@ -107,6 +107,20 @@ def test_long_audio_uses_previous_segment_as_memory(tiny_model, monkeypatch):
     transcriber.close()
 
 
+def test_forced_length_ignores_end_of_sequence(tiny_model, monkeypatch):
+    """Benchmarks force the answer length: a model that says end-of-sequence at once still answers 4 tokens per
+    second of audio; without the option the same model answers nothing."""
+    encoder = AudioEncoder(tiny_model.frontend, tiny_model.backend)
+    transcriber = Transcriber(tiny_model, EngineConfig(forced_tokens_per_second=4.0, kv_cache_type="f32"), encoder)
+    eos = transcriber.decoder.token_id("<|im_end|>")
+    monkeypatch.setattr(transcriber.decoder, "sample", lambda index=-1: eos)
+    audio = noise_with_gaps(3.0, gaps=[])
+    assert transcriber.transcribe(audio, language="English").token_ids == [eos] * 12
+    transcriber.engine = EngineConfig(kv_cache_type="f32")
+    assert transcriber.transcribe(audio, language="English").token_ids == []
+    transcriber.close()
+
+
 def test_encoder_worker_matches_in_process_and_survives_a_crash(tiny_model):
     mel = log_mel(np.random.default_rng(1).standard_normal(3 * SR).astype(np.float32) * 0.1)
     expected = AudioEncoder(tiny_model.frontend, tiny_model.backend).encode(mel)

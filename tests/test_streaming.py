@@ -97,6 +97,16 @@ def run(rec, audio, step_s=0.5, ticks=True, after_tick=None, tick_last=True):
     return out, final, commits + final.commits
 
 
+def test_forced_length_answers_the_utterance_so_far(make):
+    """Benchmarks: each decode answers up to 4 tokens per second of the audio so far, end-of-sequence ignored."""
+    rec = make(engine=dataclasses.replace(ENGINE, forced_tokens_per_second=4.0, max_new_tokens=512))
+    eos = rec.decoder.token_id("<|im_end|>")
+    rec.decoder.sample = lambda index=-1: eos  # a model that would stop at once
+    ticks, _, _ = run(rec, speechy(3.0))
+    assert [t.stats.generated_tokens for t in ticks] == [round(4 * t.stats.audio_s) for t in ticks]
+    assert len(rec.last_generation.tokens) == 12
+
+
 # --- 1. incremental encoding ----------------------------------------------------------------------------------
 
 

@@ -103,6 +103,13 @@ def stop_ids(decoder: Decoder) -> set[int]:
     return {decoder.token_id("<|im_end|>"), decoder.token_id("<|endoftext|>")}
 
 
+def forced_length(engine: EngineConfig, audio_seconds: float) -> int | None:
+    """The answer length `engine.forced_tokens_per_second` asks for (benchmarks), or None: stop at end-of-sequence.
+    A forced answer has no stop tokens and no repetition guard."""
+    rate = engine.forced_tokens_per_second
+    return max(1, round(rate * audio_seconds)) if rate > 0 else None
+
+
 class Transcriber:
     """Owns a decoder; borrows an encoder (in-process AudioEncoder or EncoderWorker, same methods)."""
 
@@ -140,7 +147,9 @@ class Transcriber:
             t0 = time.perf_counter()
             rows = self.encoder.encode(log_mel(audio[a:b]))
             stats.encoder_seconds += time.perf_counter() - t0
-            generated, text_ids, seg_language = self._decode_segment(rows, memory, context, language, detected, stats)
+            generated, text_ids, seg_language = self._decode_segment(
+                rows, (b - a) / SAMPLE_RATE, memory, context, language, detected, stats
+            )
             all_ids += generated
             if detected is None and seg_language:
                 detected = seg_language
@@ -162,6 +171,7 @@ class Transcriber:
     def _decode_segment(
         self,
         rows: np.ndarray,
+        seconds: float,
         memory: _Memory,
         context: str,
         forced: str | None,
@@ -183,7 +193,11 @@ class Transcriber:
         stats.prefill_tokens += prompt.n_positions
         stats.prefill_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
-        gen = generate(d, self.stop_ids, self.engine.max_new_tokens, self.engine.repetition_guard)
+        forced = forced_length(self.engine, seconds)
+        if forced is None:
+            gen = generate(d, self.stop_ids, self.engine.max_new_tokens, self.engine.repetition_guard)
+        else:
+            gen = generate(d, set(), forced, repetition_guard=False)
         stats.generated_tokens += len(gen.tokens)
         stats.generate_seconds += time.perf_counter() - t0
         if gen.stopped != "eos":

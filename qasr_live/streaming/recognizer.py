@@ -78,7 +78,7 @@ from qasr_live.engine.encoder import CHUNK_FRAMES, ROWS_PER_CHUNK, WINDOW_ROWS
 from qasr_live.engine.features import HOP, N_FFT, SAMPLE_RATE, feature_output_length, log_mel_raw, normalize_log_mel
 from qasr_live.engine.generation import Generation, generate
 from qasr_live.engine.model_dir import ModelDir
-from qasr_live.engine.pipeline import MIN_SECONDS, open_decoder, stop_ids
+from qasr_live.engine.pipeline import MIN_SECONDS, forced_length, open_decoder, stop_ids
 from qasr_live.engine.prompt import ASR_TEXT, Prompt, build_prompt, prompt_head, prompt_tail, split_answer
 from qasr_live.errors import AudioError, EncoderCrashed
 from qasr_live.streaming.memory import DecoderMemory, MemoryEntry
@@ -719,11 +719,14 @@ class StreamingRecognizer:
         keep = self._kv.feed(prompt)
         t1 = time.perf_counter()
         budget = min(budget, d.n_ctx - prompt.n_positions)
+        stops, guard = self.stop_ids, self.engine.repetition_guard
+        forced = forced_length(self.engine, stats.values["audio_s"])
+        if forced is not None:  # benchmarks: the tail up to the forced length of the utterance so far
+            budget = min(budget, max(1, forced - len(utt.committed)))
+            stops, guard = set(), False
         sampled: list[int] = []
         if budget > 0:
-            gen = generate(
-                d, self.stop_ids, budget, self.engine.repetition_guard, on_token=sampled.append, draft=utt.draft
-            )
+            gen = generate(d, stops, budget, guard, on_token=sampled.append, draft=utt.draft)
         else:
             _LOGGER.warning("the prompt fills the decoder context (%d positions): nothing generated", d.n_past)
             gen = Generation([], "max_tokens")
