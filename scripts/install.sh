@@ -25,8 +25,8 @@ $PIP --version >/dev/null
 $PIP install -q torch==2.13.0
 # llama-cpp-python builds libllama from source (about 5 minutes on 2 cores; pip caches the wheel afterwards).
 # GPU offload: CMAKE_ARGS="-DGGML_CUDA=on" (or -DGGML_VULKAN=on, -DGGML_METAL=on) bash scripts/install.sh
-echo "== pip install -e .[export,dev] (first run builds llama-cpp-python)"
-CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" $PIP install -q -e ".[export,dev]"
+echo "== pip install -e .[export,bench,dev] (first run builds llama-cpp-python)"
+CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" $PIP install -q -e ".[export,bench,dev]"
 # The official implementation (export + parity tests only). Its own dependency list pins gradio, flask and
 # vllm-era packages it does not need for the transformers backend, so it goes in without them.
 $PIP install -q --no-deps qwen-asr==0.0.6

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 from websockets.sync.client import connect
 
@@ -47,6 +48,7 @@ class EventCollector:
 
     def __init__(self, url: str, token: str, since_seq: int | None = None) -> None:
         self.events: list[dict] = []
+        self.arrivals: list[float] = []  # time.monotonic() at which each event arrived
         self._cond = threading.Condition()
         self._ws = connect(url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10)
         if since_seq is not None:
@@ -58,6 +60,7 @@ class EventCollector:
         try:
             for message in self._ws:
                 with self._cond:
+                    self.arrivals.append(time.monotonic())
                     self.events.append(json.loads(message))
                     self._cond.notify_all()
         except Exception:
@@ -171,3 +174,67 @@ class RunningDaemon:
         self._log.close()
         self._notify.close()
         return code
+
+
+class RealtimeMic:
+    """Feeds a daemon's stdin (``audio.source: "-"``) in real time, as a microphone would: 20 ms blocks of
+    silence unless a clip is queued. ``say()`` returns the monotonic times at which the clip's first and last
+    blocks were written, so callers can time latencies from the audio itself."""
+
+    BLOCK = 320  # 20 ms at 16 kHz
+
+    def __init__(self, stdin) -> None:
+        self._stdin = stdin
+        self._queue: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._done = threading.Condition(self._lock)
+        self._times: list[tuple[float, float]] = []
+        self._queued = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def say(self, pcm: np.ndarray, wait: bool = True) -> tuple[float, float] | None:
+        """Queue int16 samples; with ``wait``, block until written and return (first, last) write times."""
+        with self._lock:
+            self._queue.append(np.asarray(pcm, dtype=np.int16))
+            self._queued += 1
+            n = self._queued
+            if not wait:
+                return None
+            if not self._done.wait_for(lambda: len(self._times) >= n or self._stop.is_set(), timeout=120):
+                raise TimeoutError("the daemon stopped reading its stdin")
+            return self._times[n - 1]
+
+    def _run(self) -> None:
+        t_next = time.monotonic()
+        pending, first = np.zeros(0, dtype=np.int16), None
+        while not self._stop.is_set():
+            with self._lock:
+                if not pending.size and self._queue:
+                    pending, first = self._queue.pop(0), None
+            if pending.size:
+                chunk, pending = pending[: self.BLOCK], pending[self.BLOCK :]
+            else:
+                chunk = np.zeros(0, dtype=np.int16)
+            try:
+                self._stdin.write(np.pad(chunk, (0, self.BLOCK - len(chunk))).tobytes())
+                self._stdin.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                with self._lock:
+                    self._stop.set()
+                    self._done.notify_all()
+                return
+            now = time.monotonic()
+            if chunk.size:
+                first = now if first is None else first
+                if not pending.size:
+                    with self._lock:
+                        self._times.append((first, now))
+                        self._done.notify_all()
+            t_next += self.BLOCK / 16000
+            time.sleep(max(0.0, t_next - time.monotonic()))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)

@@ -22,7 +22,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from qasr_live.audio.files import load_audio
-from tests.daemon_harness import RunningDaemon, write_config
+from tests.daemon_harness import RealtimeMic, RunningDaemon, write_config
 
 RATE = 16000
 
@@ -152,50 +152,6 @@ def test_continuous_file_replay(tmp_path: Path, model: Path, sentences) -> None:
         assert text.strip() in history.stdout
 
 
-class _Mic:
-    """Feeds the daemon's stdin in real time: silence unless a clip is queued (a microphone stand-in)."""
-
-    def __init__(self, stdin) -> None:
-        self._stdin = stdin
-        self._queue: list[np.ndarray] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.idle = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def say(self, pcm: np.ndarray, wait: bool = True) -> None:
-        with self._lock:
-            self.idle.clear()
-            self._queue.append(pcm)
-        if wait:
-            assert self.idle.wait(60)
-
-    def _run(self) -> None:
-        block = RATE // 50  # 20 ms
-        t_next = time.monotonic()
-        pending = np.zeros(0, dtype=np.int16)
-        while not self._stop.is_set():
-            with self._lock:
-                if not pending.size and self._queue:
-                    pending = self._queue.pop(0)
-                if not pending.size and not self._queue:
-                    self.idle.set()
-            chunk, pending = (pending[:block], pending[block:]) if pending.size else (_silence(0.02), pending)
-            chunk = np.pad(chunk, (0, block - len(chunk)))
-            try:
-                self._stdin.write(chunk.tobytes())
-                self._stdin.flush()
-            except (BrokenPipeError, ValueError, OSError):
-                return
-            t_next += 0.02
-            time.sleep(max(0.0, t_next - time.monotonic()))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
 @pytest.fixture
 def ptt_daemon(tmp_path: Path, model: Path):
     config = write_config(
@@ -209,13 +165,13 @@ def ptt_daemon(tmp_path: Path, model: Path):
         streaming={"partial_interval_ms": 250, "memory_tokens": 0},
     )
     daemon = RunningDaemon(config, tmp_path, stdin=subprocess.PIPE)
-    mic = _Mic(daemon.proc.stdin)
+    mic = RealtimeMic(daemon.proc.stdin)
     yield daemon, mic
     mic.close()
     daemon.stop()
 
 
-def _press_say_release(daemon: RunningDaemon, mic: _Mic, pcm: np.ndarray) -> None:
+def _press_say_release(daemon: RunningDaemon, mic: RealtimeMic, pcm: np.ndarray) -> None:
     daemon.ctl("ptt-press")
     mic.say(pcm)
     daemon.ctl("ptt-release")

@@ -200,7 +200,7 @@ class Transcriber:
             gen = generate(d, set(), forced, repetition_guard=False)
         stats.generated_tokens += len(gen.tokens)
         stats.generate_seconds += time.perf_counter() - t0
-        if gen.stopped != "eos":
+        if forced is None and gen.stopped != "eos":
             _LOGGER.warning("segment ended by %s after %d tokens", gen.stopped, len(gen.tokens))
         if header_language:
             return gen.tokens, gen.tokens, header_language

@@ -1,0 +1,80 @@
+"""Run the benchmark suite: ``python -m bench.run [--sizes 0.6b,1.7b] [--reps 5] [--quick]``.
+
+For each size: the cached real-shaped checkpoint and its export (built on first use), the official
+implementation's offline measurements, ours, and the streaming measurements through the real daemon, each in
+its own process, one after the other (nothing else should run on the machine meanwhile). Writes
+bench/results/<size>.json, the plots bench/results/*.png and the results table of docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+from bench.models import ROOT, prepare
+from bench.report import render
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def _machine() -> dict:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    import os
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        **{name: version(name) for name in ("onnxruntime", "llama_cpp_python", "torch", "transformers", "qwen-asr")},
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _side(module: str, args: list[str], out: Path) -> dict:
+    subprocess.run([sys.executable, "-m", module, *args, str(out)], check=True, cwd=ROOT)
+    return json.loads(out.read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="0.6b,1.7b", help="comma-separated: 0.6b, 1.7b (tiny: a smoke run)")
+    parser.add_argument("--reps", type=int, default=5, help="utterances per length and mode")
+    parser.add_argument("--quick", action="store_true", help="one repetition, 5 s of armed CPU (a smoke run)")
+    parser.add_argument("--skip-official", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for size in args.sizes.split(","):
+        model = prepare(size)
+        result = {"size": size, "machine": _machine()}
+        with tempfile.TemporaryDirectory() as tmp:
+            side = Path(tmp) / "side.json"
+            if not args.skip_official:
+                result["official"] = _side("bench.offline", ["official", size], side)
+            result["ours"] = _side("bench.offline", ["ours", size], side)
+            streaming = ["--reps", str(1 if args.quick else args.reps)] + (["--idle", "5"] if args.quick else [])
+            result["streaming"] = _side("bench.streaming", [size, *streaming], side)
+        result["build_s"], result["export_s"] = model.build_seconds, model.export_seconds
+        (args.out / f"{size}.json").write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out / f'{size}.json'}", file=sys.stderr)
+    render(args.out, args.docs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

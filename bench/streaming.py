@@ -1,0 +1,241 @@
+"""Streaming measurements: ``python -m bench.streaming SIZE OUT.json [--reps N] [--engine key=value ...]``.
+
+* tick cost: the StreamingRecognizer in this process, 10 s of speech added 0.3 s at a time with a partial tick
+  after each addition (what the daemon does at partial_interval_ms 300), then the final decode; every tick's
+  encoder / prefill / generation split and KV-cache reuse.
+* the real daemon (`qasr-live serve`, subprocess, readiness by sd_notify) with the q4_k decoder and int8
+  encoder, fed in real time through its stdin as a microphone: first-partial latency (speech onset -> first
+  partial on the WebSocket) and speech-end -> final text (VAD mode, hangover included) or key release -> final
+  text (push-to-talk, release sent over the ctl socket the instant the last sample is written), for 2, 5 and
+  10 s utterances; CPU while armed for 60 s (push-to-talk: microphone closed; continuous: listening to
+  silence); peak RSS of the daemon and its encoder process; cold start to ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from bench.audio import RATE, speech, to_int16
+from bench.models import prepare
+from bench.offline import TOKENS_PER_SECOND, peak_rss_mb
+from tests.daemon_harness import RealtimeMic, RunningDaemon, write_config
+
+LENGTHS = (2.0, 5.0, 10.0)
+DECODER, ENCODER = "q4_k", "int8"
+TICK_STEP_S = 0.3
+IDLE_SECONDS = 60.0
+
+
+def _engine_overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, value = pair.split("=", 1)
+        out[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
+    return out
+
+
+def tick_costs(size: str, engine_overrides: dict) -> dict:
+    from qasr_live.config import EngineConfig, StreamingConfig
+    from qasr_live.engine.model_dir import open_model_dir
+    from qasr_live.engine.worker import EncoderWorker
+    from qasr_live.streaming.recognizer import StreamingRecognizer
+
+    bench = prepare(size)
+    model = open_model_dir(bench.model_dir, ENCODER, DECODER)
+    engine = EngineConfig(**{"forced_tokens_per_second": TOKENS_PER_SECOND, **engine_overrides})
+    audio = speech(10.0, seed=3)
+    step = int(TICK_STEP_S * RATE)
+    with EncoderWorker(model.frontend, model.backend, engine.encoder_threads) as worker:
+        rec = StreamingRecognizer(model, engine, StreamingConfig(), worker, language="English")
+        ticks, finals = [], []
+        for run in range(2):  # the first utterance warms up; the second has the first in its decoder memory
+            rec.begin()
+            for i in range(0, len(audio), step):
+                rec.add_audio(audio[i : i + step])
+                s = rec.tick().stats
+                if run:
+                    ticks.append({k: getattr(s, k) for k in s.__slots__})
+            s = rec.finish().stats
+            finals.append({k: getattr(s, k) for k in s.__slots__})
+        rec.close()
+    for t in ticks:
+        print(
+            f"[tick {size}] {t['audio_s']:5.1f} s: {t['total_ms']:6.0f} ms (encoder {t['encoder_ms']:.0f},"
+            f" prefill {t['prefill_ms']:.0f} for {t['prefill_tokens']} of {t['prompt_tokens']},"
+            f" generate {t['generate_ms']:.0f} for {t['generated_tokens']})",
+            file=sys.stderr,
+        )
+    return {"ticks": ticks, "final": finals[-1], "step_s": TICK_STEP_S}
+
+
+def _utterance_events(collector, since: int) -> dict[str, dict]:
+    """utterance id -> its first partial, last commit and end (event, arrival) after event index `since`."""
+    out: dict[str, dict] = {}
+    for event, t in zip(collector.events[since:], collector.arrivals[since:], strict=True):
+        uid = event.get("utterance_id")
+        if uid is None:
+            continue
+        slot = out.setdefault(uid, {})
+        if event["type"] == "partial" and "partial" not in slot:
+            slot["partial"] = t
+        elif event["type"] == "commit":
+            slot["commit"] = t
+        elif event["type"] == "utterance_end":
+            slot["end"], slot["end_event"] = t, event
+    return out
+
+
+def _daemon(size: str, tmp: Path, mode: str, engine_overrides: dict) -> RunningDaemon:
+    bench = prepare(size)
+    config = write_config(
+        tmp / "config.yaml",
+        bench.model_dir,
+        tmp,
+        engine={
+            "decoder_threads": 2,
+            "n_ctx": 4096,
+            "repetition_guard": True,
+            "max_new_tokens": 512,
+            "forced_tokens_per_second": TOKENS_PER_SECOND,
+            **engine_overrides,
+        },
+        recognition={"language": "English"},
+        audio={"source": "-"},
+        trigger={"mode": mode},
+        typing={"enabled": False},
+        hotkeys={"enabled": False},
+    )
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"].update(encoder_precision=ENCODER, decoder_precision=DECODER)
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return RunningDaemon(config, tmp, stdin=subprocess.PIPE)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime in clock ticks (USER_HZ = 100)
+
+
+def _armed_cpu(pids: list[int], seconds: float) -> float:
+    """Percent of one core used by `pids` together over `seconds` of wall time."""
+    before, t0 = sum(_cpu_seconds(p) for p in pids), time.monotonic()
+    time.sleep(seconds)
+    return (sum(_cpu_seconds(p) for p in pids) - before) / (time.monotonic() - t0) * 100
+
+
+def daemon_run(size: str, mode: str, reps: int, engine_overrides: dict, idle_s: float = IDLE_SECONDS) -> dict:
+    """One daemon in `mode` ("continuous" = VAD, or "ptt"): latencies per utterance length, armed CPU, RSS."""
+    from qasr_live.control.ctl import send_command
+
+    with tempfile.TemporaryDirectory(prefix=f"qasr-bench-{mode}-") as tmpdir:
+        tmp = Path(tmpdir)
+        daemon = _daemon(size, tmp, mode, engine_overrides)
+        mic = RealtimeMic(daemon.proc.stdin)
+        collector = daemon.subscribe()
+        rows = []
+        try:
+            time.sleep(1.0)
+            for rep in range(reps):
+                for length in LENGTHS:
+                    pcm = to_int16(speech(length, seed=100 * rep + int(length)))
+                    since = len(collector.events)
+                    if mode == "ptt":
+                        send_command(daemon.runtime_dir, "ptt-press")
+                        onset, end = mic.say(np.concatenate([np.zeros(RATE // 10, np.int16), pcm]))
+                        onset += 0.1
+                        send_command(daemon.runtime_dir, "ptt-release")
+                    else:
+                        onset, end = mic.say(pcm)
+                    collector.wait_for(
+                        lambda e, since=since: (
+                            e["type"] == "utterance_end" and e["utterance_id"] in _utterance_events(collector, since)
+                        ),
+                        timeout=120,
+                    )
+                    utts = _utterance_events(collector, since)
+                    if len(utts) != 1:
+                        raise RuntimeError(f"{mode} {length} s: expected one utterance, got {len(utts)}: {utts}")
+                    (u,) = utts.values()
+                    final_at = max(u.get("commit", u["end"]), u["end"]) if "commit" in u else u["end"]
+                    rows.append(
+                        {
+                            "length_s": length,
+                            "audio_s": len(pcm) / RATE,
+                            "first_partial_s": u["partial"] - onset if "partial" in u else None,
+                            "final_s": final_at - end,
+                            "reason": u["end_event"]["reason"],
+                            "daemon_latency": u["end_event"]["latency"],
+                        }
+                    )
+                    r = rows[-1]
+                    print(
+                        f"[{mode} {size}] {length:4.0f} s: first partial {r['first_partial_s']}, final"
+                        f" {r['final_s']:.3f} s after speech end ({r['reason']})",
+                        file=sys.stderr,
+                    )
+                    mic.say(np.zeros(int(1.5 * RATE), np.int16))  # a pause between utterances
+            status = send_command(daemon.runtime_dir, "status")["status"]
+            pids = [daemon.proc.pid, status["encoder_pid"]]
+            if mode == "ptt":
+                mic.close()  # push-to-talk keeps the microphone closed while waiting for the key
+            armed = _armed_cpu(pids, idle_s)
+            print(f"[{mode} {size}] armed CPU over {idle_s:.0f} s: {armed:.2f} % of a core", file=sys.stderr)
+            rss = {"daemon": peak_rss_mb(pids[0]), "encoder": peak_rss_mb(pids[1])}
+        finally:
+            collector.close()
+            mic.close()
+            daemon.stop()
+    return {
+        "mode": mode,
+        "ready_s": daemon.ready_seconds,
+        "utterances": rows,
+        "armed_cpu_percent": armed,
+        "armed_seconds": idle_s,
+        "peak_rss_mb": {**rss, "total": rss["daemon"] + rss["encoder"]},
+    }
+
+
+def summarize(rows: list[dict], key: str) -> dict:
+    out = {}
+    for length in LENGTHS:
+        values = sorted(r[key] for r in rows if r["length_s"] == length and r[key] is not None)
+        if values:
+            out[f"{length:g}"] = {
+                "p50": statistics.median(values),
+                "p95": float(np.percentile(values, 95)),
+                "n": len(values),
+            }
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("size")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--idle", type=float, default=IDLE_SECONDS, help="seconds of armed CPU measurement")
+    parser.add_argument("--engine", action="append", default=[], help="an engine override, key=value (repeatable)")
+    args = parser.parse_args()
+    overrides = _engine_overrides(args.engine)
+    result: dict = {"engine_overrides": overrides, "tick": tick_costs(args.size, overrides)}
+    for mode in ("continuous", "ptt"):
+        run = daemon_run(args.size, mode, args.reps, overrides, args.idle)
+        run["first_partial"] = summarize(run["utterances"], "first_partial_s")
+        run["final"] = summarize(run["utterances"], "final_s")
+        result[mode] = run
+    args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
