@@ -279,6 +279,9 @@ class StreamingConfig:
         minimum=0,
     )
     memory_utterances: int = _opt(3, "most previous utterances kept in the decoder memory", minimum=0, maximum=50)
+    endpoint_speculation_ms: int = _opt(
+        200, "VAD mode: start the final decode after this much silence, before the hangover ends; 0 = off", minimum=0
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -79,6 +79,11 @@ class _Utterance:
     typed: bool = False  # some visible text of this utterance went to the typist
     held_space: str = ""  # trailing white space of the last commit, typed only if more text follows
     ticking: asyncio.Task | None = None
+    early: list[np.ndarray] | None = field(default_factory=list)  # audio that came before begin() was done
+    begun: asyncio.Event = field(default_factory=asyncio.Event)  # begin() done and `early` handed on
+    in_tick: bool = False  # the tick task is waiting for a tick() on the recognizer thread (not sleeping)
+    speculation: asyncio.Task | None = None  # endpoint speculation since the current silence began
+    speculation_ms: float | None = None  # how long the speculative final decode took
 
 
 class Daemon:
@@ -279,17 +284,33 @@ class Daemon:
     async def _on_audio(self, block: np.ndarray) -> None:
         if self.mode == "ptt":
             if self._utt is not None:
-                await self._add_audio(block)
+                self._add_audio(block)
             return
         for event in self._segmenter.feed(block):
             await self._on_vad(event)
+        utt = self._utt
+        wait_ms = self.cfg.streaming.endpoint_speculation_ms
+        if utt is None or wait_ms <= 0:
+            return
+        silence = self._segmenter.trailing_silence_ms
+        if silence == 0:
+            utt.speculation = None  # speech goes on: a decode started at the pause is stale
+        elif silence >= wait_ms and utt.speculation is None:
+            utt.speculation = self._spawn(self._speculate(utt))
+
+    async def _speculate(self, utt: _Utterance) -> bool:
+        t0 = time.perf_counter()
+        held = await self._on_recognizer(lambda r: r.speculate())
+        if utt.speculation is asyncio.current_task():
+            utt.speculation_ms = (time.perf_counter() - t0) * 1000
+        return bool(held)
 
     async def _on_vad(self, event, flush_reason: str = "silence") -> None:
         """``flush_reason``: how an utterance cut short by flushing the segmenter ended (stop vs end of file)."""
         if isinstance(event, SpeechStart):
             await self._begin_utterance(self._clock_seconds(event.start_sample))
         elif isinstance(event, SpeechAudio):
-            await self._add_audio(event.pcm)
+            self._add_audio(event.pcm)
         elif isinstance(event, SpeechEnd):
             reasons = {"max_length": "max_length", "silence": "silence", "flush": flush_reason}
             await self._end_utterance(reasons[event.reason])
@@ -317,13 +338,19 @@ class Daemon:
         utt = _Utterance(id=uuid.uuid4().hex[:12], audio_start=audio_start, t_start=time.perf_counter())
         self._utt = utt
         self._counts["utterances"] += 1
-        await self._on_recognizer(lambda r: r.begin())
+        try:
+            await self._on_recognizer(lambda r: r.begin())
+            early, utt.early = utt.early, None
+            for pcm in early:
+                self._recognizer.add_audio(pcm)
+        finally:
+            utt.begun.set()
         self._publish(UtteranceStartEvent(utterance_id=utt.id, audio_start=audio_start))
         self._set_state("recording")
         if self.cfg.streaming.partial_interval_ms > 0:
             utt.ticking = asyncio.create_task(self._tick_loop(utt), name=f"ticks-{utt.id}")
 
-    async def _add_audio(self, pcm: np.ndarray) -> None:
+    def _add_audio(self, pcm: np.ndarray) -> None:
         utt = self._utt
         if utt is None:
             return
@@ -331,20 +358,32 @@ class Daemon:
         if self.mode == "ptt":
             utt.pcm.append(pcm)
         utt.samples += len(pcm)
-        await self._on_recognizer(lambda r: r.add_audio(pcm))
+        # Directly, not on the recognizer thread: appending is safe beside a running tick, and the audio pump
+        # (VAD, key-release catch-up) must never wait for a decode. Push-to-talk audio can come while begin() is
+        # still running (the key, not the pump, starts the utterance): it waits in `early`.
+        if utt.early is not None:
+            utt.early.append(pcm)
+        else:
+            self._recognizer.add_audio(pcm)
 
     async def _tick_loop(self, utt: _Utterance) -> None:
         interval = self.cfg.streaming.partial_interval_ms / 1000
         seen = 0
         while self._utt is utt:
             await asyncio.sleep(interval)
-            if self._utt is not utt or utt.samples == seen:
-                continue
+            if self._utt is not utt or utt.samples == seen or utt.speculation is not None:
+                continue  # nothing new, or the final decode is already under way
             seen = utt.samples
-            tick = await self._on_recognizer(lambda r: r.tick())
-            if self._utt is not utt or tick is None:
+            utt.in_tick = True
+            try:
+                tick = await self._on_recognizer(lambda r: r.tick())
+            finally:
+                utt.in_tick = False
+            if tick is None:
                 return
-            await self._publish_commits(utt, tick.commits)
+            await self._publish_commits(utt, tick.commits)  # even when the utterance ended meanwhile
+            if self._utt is not utt:
+                return
             if tick.partial is not None and tick.partial.text:
                 if utt.first_partial_ms is None:
                     utt.first_partial_ms = (time.perf_counter() - utt.t_start) * 1000
@@ -359,8 +398,14 @@ class Daemon:
         utt.cancelled = reason == "cancelled"
         utt.ended.set()
         self._utt = None  # stops the tick loop; audio arriving now belongs to no utterance
+        await utt.begun.wait()  # a release right after the press: the recognizer must have all the audio first
         if utt.ticking is not None:
-            utt.ticking.cancel()
+            # A tick in progress is interrupted (the final decode should not wait for a partial nobody will see)
+            # and awaited, so that commits it made are published before the final ones; a sleeping loop is
+            # simply cancelled.
+            self._recognizer.interrupt()
+            if not utt.in_tick:
+                utt.ticking.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await utt.ticking
         self._set_state("finalizing")
@@ -370,7 +415,12 @@ class Daemon:
             await self._on_recognizer(lambda r: r.cancel())
             reason = "no_speech"
         else:
-            final = await self._on_recognizer(lambda r: r.finish())
+            # Speculation started in this silence (the VAD ended the utterance after more of it): its decode is
+            # the final one if it was kept.
+            speculated = reason == "silence" and utt.speculation is not None and await utt.speculation
+            final = await self._on_recognizer(lambda r: r.finish(use_speculation=speculated))
+            if not speculated:
+                utt.speculation_ms = None
             if final is None:
                 reason = "error"
             else:
@@ -383,6 +433,8 @@ class Daemon:
         if utt.first_partial_ms is not None:
             latency["first_partial_ms"] = round(utt.first_partial_ms, 1)
         latency["final_ms"] = round((time.perf_counter() - utt.t_end) * 1000, 1)
+        if utt.speculation_ms is not None:
+            latency["speculative_decode_ms"] = round(utt.speculation_ms, 1)
         latency["audio_ms"] = round(utt.samples / SAMPLE_RATE * 1000, 1)
         self._publish(UtteranceEndEvent(utterance_id=utt.id, reason=reason, latency=latency))
         self._set_state("listening" if self._active and self.mode != "ptt" else "idle")

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -140,6 +139,8 @@ def test_continuous_file_replay(tmp_path: Path, model: Path, sentences) -> None:
     # VAD ended both on silence; random weights may still decide there was no speech in one
     assert all(e["reason"] in ("silence", "no_speech") for e in ends)
     assert all(e["latency"]["final_ms"] >= 0 and e["latency"]["audio_ms"] > 500 for e in ends)
+    # both ended after a full hangover of silence: the final decode was the one speculated at its start
+    assert all(e["latency"]["speculative_decode_ms"] > 0 for e in ends)
     assert journal_by_utterance(daemon.journal()) == commits_by_utterance(events)
     assert "Traceback" not in daemon.log()
     history = subprocess.run(

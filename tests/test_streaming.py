@@ -107,6 +107,63 @@ def test_forced_length_answers_the_utterance_so_far(make):
     assert len(rec.last_generation.tokens) == 12
 
 
+def test_interrupt_abandons_a_running_tick_and_loses_nothing(make):
+    """At the endpoint the daemon interrupts a tick in progress: it returns before its generation is done, with
+    no partial, and the final decode that follows gives the same text as a run without the interrupted tick."""
+    import threading
+    import time
+
+    audio = speechy(3.0, seed=5)
+    plain = make()
+    expected = run(plain, audio, ticks=False)[1].text
+
+    rec = make(engine=dataclasses.replace(ENGINE, forced_tokens_per_second=8.0))
+    real_sample = rec.decoder.sample
+    rec.decoder.sample = lambda index=-1: (time.sleep(0.05), real_sample(index))[1]  # a slow model: ~1 s a tick
+    rec.begin()
+    rec.add_audio(audio)
+    timer = threading.Timer(0.2, rec.interrupt)
+    timer.start()
+    t0 = time.perf_counter()
+    tick = rec.tick()
+    elapsed = time.perf_counter() - t0
+    timer.join()
+    assert tick.partial is None and tick.stats.stopped == "interrupted"
+    assert elapsed < 0.6 and 0 < tick.stats.generated_tokens < 24
+    rec.decoder.sample = real_sample
+    rec.engine = ENGINE
+    assert rec.finish().text == expected
+    rec.begin()  # a new utterance is not interrupted
+    rec.add_audio(audio)
+    assert rec.tick().stats.stopped != "interrupted"
+    rec.cancel()
+
+
+def test_speculation_is_the_final_decode_of_the_audio_it_saw(make):
+    """Endpoint speculation: speculate() decodes the audio so far and commits nothing; finish(use_speculation=True)
+    then commits exactly that decode (what a finish() right there would have given) without decoding again,
+    while finish() without it decodes all the audio, the silence after the speculation included."""
+    speech = speechy(3.0, seed=6)
+    silence = np.zeros(SR // 2, np.float32)
+    expected = run(make(), speech, ticks=False)[1].text
+    expected_all = run(make(), np.concatenate([speech, silence]), ticks=False)[1].text
+
+    for use, text in ((True, expected), (False, expected_all)):
+        rec = make()
+        rec.begin()
+        rec.add_audio(speech)
+        assert rec.speculate() and not rec._utt.commits
+        rec.add_audio(silence)  # the hangover
+        final = rec.finish(use_speculation=use)
+        assert final.text == text
+        assert (final.stats.generated_tokens == 0) == use  # no second decode when the speculation is used
+    rec = make()
+    rec.begin()
+    rec.add_audio(speech[: SR // 4])
+    assert not rec.speculate()  # too short to decode on its own: finish() pads it as usual
+    rec.cancel()
+
+
 # --- 1. incremental encoding ----------------------------------------------------------------------------------
 
 
@@ -354,7 +411,7 @@ def scripted(monkeypatch, answers):
     repeated) stand in for what the model generates. Only for behaviour random weights cannot produce."""
     calls = []
 
-    def fake(decoder, stops, budget, guard=True, on_token=None, draft=()):
+    def fake(decoder, stops, budget, guard=True, on_token=None, draft=(), interrupt=None):
         text = answers[min(len(calls), len(answers) - 1)]
         calls.append(text)
         return Generation(decoder.tokenize(text)[:budget], "eos")

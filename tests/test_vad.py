@@ -261,6 +261,24 @@ def test_pause_longer_than_hangover_gives_two_utterances(say):
     assert utts[0].end <= utts[1].start <= second_on
 
 
+def test_trailing_silence_counts_the_unvoiced_end_of_an_utterance(say):
+    """What endpoint speculation watches: 0 before and during speech, then growing frame by frame through the
+    hangover, and 0 again once the utterance has ended."""
+    speech = say("Open the window.")
+    seg = VadSegmenter()
+    frame = 30 * MS
+    seen = []
+    for block in np.array_split(_pad(speech, SR, 2 * SR), range(frame, 3 * SR + len(speech), frame)):
+        ended = any(isinstance(e, SpeechEnd) for e in seg.feed(block))
+        seen.append((seg.trailing_silence_ms, ended))
+    values = [v for v, _ in seen]
+    assert values[: SR // frame] == [0] * (SR // frame)  # leading silence: no utterance yet
+    end = next(i for i, (_, ended) in enumerate(seen) if ended)
+    assert values[end - 1] >= 500 and values[end:] == [0] * (len(values) - end)
+    run = values[end - 1] // 30  # the last unvoiced run grew by one frame per frame
+    assert values[end - run : end] == list(range(30, 30 * run + 1, 30))
+
+
 def test_pause_shorter_than_hangover_gives_one_utterance(say):
     a, b = say("Open the window."), say("Close the door please.")
     gap = 350 * MS

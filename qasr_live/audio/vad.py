@@ -211,6 +211,12 @@ class VadSegmenter:
         self._pending: list[np.ndarray] = []  # frames not yet emitted (held back near max length)
         self._emitted = 0  # samples of the utterance emitted so far end here
 
+    @property
+    def trailing_silence_ms(self) -> int:
+        """Unvoiced time at the end of the utterance in progress (0 outside one, or while speech goes on): what
+        endpoint speculation watches before the hangover has run out."""
+        return self._unvoiced_run * self.options.frame_ms if self._in_speech else 0
+
     def feed(self, pcm: np.ndarray) -> list[VadEvent]:
         """Push 16 kHz mono int16 samples (any length, shape (n,) or (n, 1)); return the events they complete."""
         samples = _as_mono_int16(pcm)

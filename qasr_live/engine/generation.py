@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ GUARD_MAX_DISTINCT = 3
 @dataclass(frozen=True, slots=True)
 class Generation:
     tokens: list[int]
-    stopped: str  # "eos", "max_tokens" or "repetition"
+    stopped: str  # "eos", "max_tokens", "repetition" or "interrupted"
     drafted: int = 0  # tokens accepted from the draft (verified in a batch, not decoded one by one)
 
 
@@ -39,6 +40,7 @@ def generate(
     repetition_guard: bool = True,
     on_token: Callable[[int], None] | None = None,
     draft: Sequence[int] = (),
+    interrupt: threading.Event | None = None,
 ) -> Generation:
     """Sample after the current position until a stop token, the budget, or a loop. The prompt must already be
     fed with logits for its last position. Stop tokens are not included; a detected loop is cut off where it
@@ -48,13 +50,19 @@ def generate(
     same prefix). Once the first of them is sampled, the rest are fed in one batch with logits for every
     position, and each is accepted while it is what would have been sampled there: the same tokens, in one
     batched step instead of one decode per token. A wrong guess costs the rest of that batch. Greedy decoding
-    only (a sampling decoder ignores the draft)."""
+    only (a sampling decoder ignores the draft).
+
+    `interrupt`: when set (from any thread), generation stops before the next token ("interrupted"): the
+    streaming recognizer abandons a partial tick at the endpoint instead of making the final decode wait."""
     tokens: list[int] = []
     guess = list(draft) if getattr(decoder, "greedy", False) else []
     batch: list[int] = []  # a verification batch fed after the sampled tokens; `index` its position predicting next
     index = -1
     stopped, drafted = "max_tokens", 0
     while len(tokens) < max_new_tokens:
+        if interrupt is not None and interrupt.is_set():
+            stopped = "interrupted"
+            break
         token = decoder.sample(index) if batch else decoder.sample()
         if token in stop_ids:
             stopped = "eos"

@@ -509,6 +509,7 @@ class _Utterance:
     partial_text: str | None = None
     decoded_samples: int = -1
     language_now: str | None = None
+    speculation: _Decoded | None = None  # speculate()'s final decode, kept for finish(use_speculation=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -549,6 +550,7 @@ class StreamingRecognizer:
         self._language, self._context = language, context
         self._utt: _Utterance | None = None
         self._kv = _PrefixCache(self.decoder)
+        self._interrupt = threading.Event()
         self._pieces: dict[int, bytes] = {}
         self._token_cache: dict[str, list[int]] = {}
         # Diagnostics (tests, benchmarks): the last decode's prompt and generation, the rows of the last clip.
@@ -565,11 +567,17 @@ class StreamingRecognizer:
     def active(self) -> bool:
         return self._utt is not None
 
+    def interrupt(self) -> None:
+        """Make a running (or the next) tick() return at once with nothing new: the endpoint has come and the final
+        decode should not wait for a partial nobody will see. Thread-safe; finish(), cancel() and begin() reset it."""
+        self._interrupt.set()
+
     def begin(self) -> None:
         """Start an utterance. Prefills the system turn and the decoder memory (kept from the previous utterance's
         KV cache where unchanged), so that ticks pay only for the new audio."""
         if self._utt is not None:
             raise RuntimeError("begin() while an utterance is active: call finish() or cancel() first")
+        self._interrupt.clear()
         header, entries = self.memory.select(self._language)
         self._utt = _Utterance(
             language=self._language,
@@ -595,11 +603,15 @@ class StreamingRecognizer:
         audio = utt.audio.view()  # what add_audio appends from now on is for the next tick
         n = len(audio)
         stats = _StatsSum()
-        if n == utt.decoded_samples or n < _MIN_TICK_SAMPLES:
+        if n == utt.decoded_samples or n < _MIN_TICK_SAMPLES or self._interrupt.is_set():
             return Tick([], None, utt.language_now, stats.freeze(t0))
         commits = self._fit_context(n, stats)
         blocks = self._encode(utt.clip, audio[utt.clip.start :], stats)
-        dec = self._decode(blocks, PARTIAL_MAX_NEW_TOKENS, stats)
+        if self._interrupt.is_set():
+            return Tick(commits, None, utt.language_now, stats.freeze(t0))
+        dec = self._decode(blocks, PARTIAL_MAX_NEW_TOKENS, stats, self._interrupt)
+        if dec.stopped == "interrupted":
+            return Tick(commits, None, utt.language_now, stats.freeze(t0))
         utt.decoded_samples = n
         partial = None
         if dec.silent:
@@ -622,17 +634,40 @@ class StreamingRecognizer:
             partial = self._partial(tail[k:], bool(commits))
         return Tick(commits, partial, utt.language_now, stats.freeze(t0))
 
-    def finish(self) -> Final:
-        """The endpoint: decode all the audio, commit everything, put the utterance into the decoder memory."""
+    def speculate(self) -> bool:
+        """Endpoint speculation: the final decode of the audio so far, run now (at the first silence, while the VAD
+        hangover runs) and kept, committing nothing. When the utterance then ends with nothing but silence after
+        it, finish(use_speculation=True) commits this decode instead of decoding again. False (nothing kept) when
+        the audio is too short or would need a rollover first."""
+        utt = self._require()
+        utt.speculation = None
+        n = len(utt.audio)
+        if n < _MIN_TICK_SAMPLES or self._needs_fit(n):
+            return False
+        stats = _StatsSum()
+        blocks = self._encode(utt.clip, utt.audio.view()[utt.clip.start : n], stats)
+        utt.speculation = self._decode(blocks, self.engine.max_new_tokens, stats)
+        return True
+
+    def finish(self, use_speculation: bool = False) -> Final:
+        """The endpoint: decode all the audio, commit everything, put the utterance into the decoder memory.
+        `use_speculation`: the caller knows that only silence came after the last speculate(): its decode is
+        the final one (the audio after it is not decoded)."""
         t0 = time.perf_counter()
         utt = self._require()
+        self._interrupt.clear()
         stats = _StatsSum()
-        if len(utt.audio) < _MIN_TICK_SAMPLES:  # as the offline pipeline: zero-padded to MIN_SECONDS
-            utt.audio.append(np.zeros(_MIN_TICK_SAMPLES - len(utt.audio), np.float32))
-        audio = utt.audio.view()
-        commits = self._fit_context(len(audio), stats)
-        blocks = self._encode(utt.clip, audio[utt.clip.start :], stats)
-        dec = self._decode(blocks, self.engine.max_new_tokens, stats)
+        commits: list[Commit] = []
+        if use_speculation and utt.speculation is not None:
+            dec = utt.speculation
+            stats.set(audio_s=len(utt.audio) / SAMPLE_RATE, stopped=dec.stopped)
+        else:
+            if len(utt.audio) < _MIN_TICK_SAMPLES:  # as the offline pipeline: zero-padded to MIN_SECONDS
+                utt.audio.append(np.zeros(_MIN_TICK_SAMPLES - len(utt.audio), np.float32))
+            audio = utt.audio.view()
+            commits = self._fit_context(len(audio), stats)
+            blocks = self._encode(utt.clip, audio[utt.clip.start :], stats)
+            dec = self._decode(blocks, self.engine.max_new_tokens, stats)
         if dec.stopped == "repetition":
             _LOGGER.warning("final decode ended by the repetition guard (%d tokens kept)", len(dec.text_ids))
         if not (dec.silent and not utt.committed):  # a loop or `language None` with nothing committed: no speech
@@ -654,6 +689,7 @@ class StreamingRecognizer:
     def cancel(self) -> None:
         """Drop the current utterance (if any): nothing more is committed, nothing goes into memory."""
         self._utt = None
+        self._interrupt.clear()
 
     def reset_memory(self) -> None:
         self.memory.clear()
@@ -712,7 +748,9 @@ class StreamingRecognizer:
         text = [t for e in utt.memory for t in e.text_ids] + utt.committed[utt.text_start :]
         return build_prompt(self._tokenize, utt.context, utt.header if utt.header_fixed else None, rows, text)
 
-    def _decode(self, blocks: Sequence[np.ndarray], budget: int, stats: _StatsSum) -> _Decoded:
+    def _decode(
+        self, blocks: Sequence[np.ndarray], budget: int, stats: _StatsSum, interrupt: threading.Event | None = None
+    ) -> _Decoded:
         utt, d = self._utt, self.decoder
         prompt = self._prompt(blocks)
         t0 = time.perf_counter()
@@ -726,7 +764,7 @@ class StreamingRecognizer:
             stops, guard = set(), False
         sampled: list[int] = []
         if budget > 0:
-            gen = generate(d, stops, budget, guard, on_token=sampled.append, draft=utt.draft)
+            gen = generate(d, stops, budget, guard, on_token=sampled.append, draft=utt.draft, interrupt=interrupt)
         else:
             _LOGGER.warning("the prompt fills the decoder context (%d positions): nothing generated", d.n_past)
             gen = Generation([], "max_tokens")
@@ -818,6 +856,12 @@ class StreamingRecognizer:
             + min(self.engine.max_new_tokens, max(PARTIAL_MAX_NEW_TOKENS, n_ctx // 8))
         )
 
+    def _needs_fit(self, n: int) -> bool:
+        """Whether _fit_context(n) would change anything (drop memory, roll over)."""
+        clip_samples = n - self._utt.clip.start
+        over = self._overhead() + feature_output_length(clip_samples // HOP) > self.decoder.n_ctx
+        return over or clip_samples > self.engine.segment_seconds * SAMPLE_RATE
+
     def _fit_context(self, n: int, stats: _StatsSum) -> list[Commit]:
         """Keep the prompt within n_ctx (with room to generate) and the current clip within segment_seconds:
         drop memory entries from this utterance's prompt, then roll over."""
@@ -825,10 +869,10 @@ class StreamingRecognizer:
         n_ctx = self.decoder.n_ctx
         commits: list[Commit] = []
         while True:
+            if not self._needs_fit(n):
+                return commits
             clip_samples = n - utt.clip.start
             over = self._overhead() + feature_output_length(clip_samples // HOP) > n_ctx
-            if not over and clip_samples <= self.engine.segment_seconds * SAMPLE_RATE:
-                return commits
             if over and utt.memory:
                 utt.memory.pop(0)
                 continue
