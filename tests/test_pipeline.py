@@ -121,6 +121,28 @@ def test_forced_length_ignores_end_of_sequence(tiny_model, monkeypatch):
     transcriber.close()
 
 
+def test_forced_answers_are_made_of_words(tiny_model):
+    """Random weights answer any token; forced (benchmark) answers only whole words with their leading space, so
+    that streaming commits happen at word boundaries as with speech."""
+    encoder = AudioEncoder(tiny_model.frontend, tiny_model.backend)
+    audio = noise_with_gaps(3.0, gaps=[])
+    forced = EngineConfig(forced_tokens_per_second=8.0)
+
+    def is_word(piece: bytes) -> bool:
+        return piece[:1] == b" " and piece[1:].isalpha()
+
+    answers = {}
+    for opened_forced in (False, True):  # the decoder opened for forced answers, or a plain one told to force
+        transcriber = Transcriber(tiny_model, forced if opened_forced else EngineConfig(), encoder)
+        transcriber.engine = forced
+        ids = transcriber.transcribe(audio, language="English").token_ids
+        answers[opened_forced] = [transcriber.decoder.piece(t) for t in ids]
+        transcriber.close()
+    assert len(answers[True]) == len(answers[False]) == 24
+    assert all(is_word(p) for p in answers[True])
+    assert not all(is_word(p) for p in answers[False])  # what the random weights answer on their own
+
+
 def test_encoder_worker_matches_in_process_and_survives_a_crash(tiny_model):
     mel = log_mel(np.random.default_rng(1).standard_normal(3 * SR).astype(np.float32) * 0.1)
     expected = AudioEncoder(tiny_model.frontend, tiny_model.backend).encode(mel)

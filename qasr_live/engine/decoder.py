@@ -209,6 +209,21 @@ class Decoder:
         token = self._llama.llama_sampler_sample(self._sampler, self._ctx, index)
         return int(token)
 
+    def only_sample(self, allowed: set[int]) -> None:
+        """Benchmarks: sample only among `allowed` (every other token gets a -1e9 logit bias). The logits are
+        still computed over the whole vocabulary, so the cost stays that of real decoding."""
+        self._check_open()
+        llama = self._llama
+        banned = [t for t in range(self.n_vocab) if t not in allowed]
+        biases = (llama.llama_logit_bias * len(banned))()
+        for entry, token in zip(biases, banned, strict=True):
+            entry.token, entry.bias = token, -1e9
+        chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_logit_bias(self.n_vocab, len(banned), biases))
+        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
+        llama.llama_sampler_free(self._sampler)
+        self._sampler, self.greedy = chain, True
+
     def close(self) -> None:
         llama = self._llama
         if getattr(self, "_ctx", None):

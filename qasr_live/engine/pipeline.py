@@ -91,6 +91,8 @@ def open_decoder(model: ModelDir, engine: EngineConfig) -> Decoder:
         seed=engine.seed,
     )
     try:
+        if engine.forced_tokens_per_second > 0:  # benchmarks: random weights answer words, as speech would be
+            decoder.only_sample({t for t in range(decoder.n_vocab) if _is_word(decoder.piece(t))})
         for name in (ASR_TEXT, "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|audio_start|>", "<|audio_end|>"):
             decoder.token_id(name)
     except Exception:
@@ -99,13 +101,19 @@ def open_decoder(model: ModelDir, engine: EngineConfig) -> Decoder:
     return decoder
 
 
+def _is_word(piece: bytes) -> bool:
+    """A whole English-like word with its leading space (b" hello"): what forced answers are made of, so that
+    random-weight models commit text at word boundaries as real transcripts do."""
+    return len(piece) > 2 and piece[:1] == b" " and piece[1:].isalpha()
+
+
 def stop_ids(decoder: Decoder) -> set[int]:
     return {decoder.token_id("<|im_end|>"), decoder.token_id("<|endoftext|>")}
 
 
 def forced_length(engine: EngineConfig, audio_seconds: float) -> int | None:
     """The answer length `engine.forced_tokens_per_second` asks for (benchmarks), or None: stop at end-of-sequence.
-    A forced answer has no stop tokens and no repetition guard."""
+    A forced answer has no stop tokens and no repetition guard, and is made of whole words (open_decoder)."""
     rate = engine.forced_tokens_per_second
     return max(1, round(rate * audio_seconds)) if rate > 0 else None
 
