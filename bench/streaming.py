@@ -36,15 +36,17 @@ TICK_STEP_S = 0.3
 IDLE_SECONDS = 60.0
 
 
-def _engine_overrides(pairs: list[str]) -> dict:
-    out = {}
+def parse_settings(pairs: list[str]) -> dict[str, dict]:
+    """["engine.decoder_threads=1", "streaming.reencode_open_window=false"] -> {section: {key: value}}."""
+    out: dict[str, dict] = {}
     for pair in pairs:
         key, value = pair.split("=", 1)
-        out[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = yaml.safe_load(value)
     return out
 
 
-def tick_costs(size: str, engine_overrides: dict) -> dict:
+def tick_costs(size: str, settings: dict[str, dict]) -> dict:
     from qasr_live.config import EngineConfig, StreamingConfig
     from qasr_live.engine.model_dir import open_model_dir
     from qasr_live.engine.worker import EncoderWorker
@@ -52,11 +54,12 @@ def tick_costs(size: str, engine_overrides: dict) -> dict:
 
     bench = prepare(size)
     model = open_model_dir(bench.model_dir, ENCODER, DECODER)
-    engine = EngineConfig(**{"forced_tokens_per_second": TOKENS_PER_SECOND, **engine_overrides})
+    engine = EngineConfig(**{"forced_tokens_per_second": TOKENS_PER_SECOND, **settings.get("engine", {})})
     audio = speech(10.0, seed=3)
     step = int(TICK_STEP_S * RATE)
     with EncoderWorker(model.frontend, model.backend, engine.encoder_threads) as worker:
-        rec = StreamingRecognizer(model, engine, StreamingConfig(), worker, language="English")
+        streaming = StreamingConfig(**settings.get("streaming", {}))
+        rec = StreamingRecognizer(model, engine, streaming, worker, language="English")
         ticks, finals = [], []
         for run in range(2):  # the first utterance warms up; the second has the first in its decoder memory
             rec.begin()
@@ -95,7 +98,7 @@ def _utterance_events(collector, since: int) -> dict[str, dict]:
     return out
 
 
-def _daemon(size: str, tmp: Path, mode: str, engine_overrides: dict) -> RunningDaemon:
+def _daemon(size: str, tmp: Path, mode: str, settings: dict[str, dict]) -> RunningDaemon:
     bench = prepare(size)
     config = write_config(
         tmp / "config.yaml",
@@ -107,7 +110,7 @@ def _daemon(size: str, tmp: Path, mode: str, engine_overrides: dict) -> RunningD
             "repetition_guard": True,
             "max_new_tokens": 512,
             "forced_tokens_per_second": TOKENS_PER_SECOND,
-            **engine_overrides,
+            **settings.get("engine", {}),
         },
         recognition={"language": "English"},
         audio={"source": "-"},
@@ -117,6 +120,9 @@ def _daemon(size: str, tmp: Path, mode: str, engine_overrides: dict) -> RunningD
     )
     cfg = yaml.safe_load(config.read_text())
     cfg["model"].update(encoder_precision=ENCODER, decoder_precision=DECODER)
+    for section, values in settings.items():
+        if section != "engine":
+            cfg.setdefault(section, {}).update(values)
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return RunningDaemon(config, tmp, stdin=subprocess.PIPE)
 
@@ -133,13 +139,13 @@ def _armed_cpu(pids: list[int], seconds: float) -> float:
     return (sum(_cpu_seconds(p) for p in pids) - before) / (time.monotonic() - t0) * 100
 
 
-def daemon_run(size: str, mode: str, reps: int, engine_overrides: dict, idle_s: float = IDLE_SECONDS) -> dict:
+def daemon_run(size: str, mode: str, reps: int, settings: dict[str, dict], idle_s: float = IDLE_SECONDS) -> dict:
     """One daemon in `mode` ("continuous" = VAD, or "ptt"): latencies per utterance length, armed CPU, RSS."""
     from qasr_live.control.ctl import send_command
 
     with tempfile.TemporaryDirectory(prefix=f"qasr-bench-{mode}-") as tmpdir:
         tmp = Path(tmpdir)
-        daemon = _daemon(size, tmp, mode, engine_overrides)
+        daemon = _daemon(size, tmp, mode, settings)
         mic = RealtimeMic(daemon.proc.stdin)
         collector = daemon.subscribe()
         rows = []
@@ -224,12 +230,13 @@ def main() -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--idle", type=float, default=IDLE_SECONDS, help="seconds of armed CPU measurement")
-    parser.add_argument("--engine", action="append", default=[], help="an engine override, key=value (repeatable)")
+    parser.add_argument("--set", action="append", default=[], help="a config setting, section.key=value (repeatable)")
+    parser.add_argument("--modes", default="continuous,ptt", help="daemon modes to measure")
     args = parser.parse_args()
-    overrides = _engine_overrides(args.engine)
-    result: dict = {"engine_overrides": overrides, "tick": tick_costs(args.size, overrides)}
-    for mode in ("continuous", "ptt"):
-        run = daemon_run(args.size, mode, args.reps, overrides, args.idle)
+    settings = parse_settings(args.set)
+    result: dict = {"settings": settings, "tick": tick_costs(args.size, settings)}
+    for mode in args.modes.split(","):
+        run = daemon_run(args.size, mode, args.reps, settings, args.idle)
         run["first_partial"] = summarize(run["utterances"], "first_partial_s")
         run["final"] = summarize(run["utterances"], "final_s")
         result[mode] = run

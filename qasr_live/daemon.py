@@ -438,6 +438,9 @@ class Daemon:
         latency["audio_ms"] = round(utt.samples / SAMPLE_RATE * 1000, 1)
         self._publish(UtteranceEndEvent(utterance_id=utt.id, reason=reason, latency=latency))
         self._set_state("listening" if self._active and self.mode != "ptt" else "idle")
+        # The next utterance's memory prefill happens now, while nobody waits (a begin() coming meanwhile
+        # queues behind it on the recognizer thread and then finds it done).
+        self._spawn(self._on_recognizer(lambda r: r.prepare()))
 
     def _has_speech(self, utt: _Utterance) -> bool:
         if not utt.pcm:

