@@ -54,24 +54,31 @@ def main() -> int:
     parser.add_argument("--sizes", default="0.6b,1.7b", help="comma-separated: 0.6b, 1.7b (tiny: a smoke run)")
     parser.add_argument("--reps", type=int, default=5, help="utterances per length and mode")
     parser.add_argument("--quick", action="store_true", help="one repetition, 5 s of armed CPU (a smoke run)")
-    parser.add_argument("--skip-official", action="store_true")
+    parser.add_argument(
+        "--parts", default="official,ours,streaming", help="what to measure; the other parts of an existing result stay"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for size in args.sizes.split(","):
         model = prepare(size)
-        result = {"size": size, "machine": _machine()}
+        path = args.out / f"{size}.json"
+        result = json.loads(path.read_text()) if path.exists() else {}
+        result.update(size=size, machine=_machine())
+        parts = args.parts.split(",")
         with tempfile.TemporaryDirectory() as tmp:
             side = Path(tmp) / "side.json"
-            if not args.skip_official:
-                result["official"] = _side("bench.offline", ["official", size], side)
-            result["ours"] = _side("bench.offline", ["ours", size], side)
-            streaming = ["--reps", str(1 if args.quick else args.reps)] + (["--idle", "5"] if args.quick else [])
-            result["streaming"] = _side("bench.streaming", [size, *streaming], side)
-        result["build_s"], result["export_s"] = model.build_seconds, model.export_seconds
-        (args.out / f"{size}.json").write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.out / f'{size}.json'}", file=sys.stderr)
+            for part in ("official", "ours"):
+                if part in parts:
+                    result[part] = _side("bench.offline", [part, size], side)
+            if "streaming" in parts:
+                streaming = ["--reps", str(1 if args.quick else args.reps)] + (["--idle", "5"] if args.quick else [])
+                result["streaming"] = _side("bench.streaming", [size, *streaming], side)
+        if model.build_seconds is not None or model.export_seconds is not None:  # built in this run
+            result["build_s"], result["export_s"] = model.build_seconds, model.export_seconds
+        path.write_text(json.dumps(result, indent=1))
+        print(f"wrote {path}", file=sys.stderr)
     render(args.out, args.docs)
     return 0
 

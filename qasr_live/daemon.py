@@ -296,6 +296,7 @@ class Daemon:
         if silence == 0:
             utt.speculation = None  # speech goes on: a decode started at the pause is stale
         elif silence >= wait_ms and utt.speculation is None:
+            self._recognizer.interrupt()  # a partial tick running now would only delay the final decode
             utt.speculation = self._spawn(self._speculate(utt))
 
     async def _speculate(self, utt: _Utterance) -> bool:

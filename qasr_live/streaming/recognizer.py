@@ -73,10 +73,10 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from qasr_live.config import EngineConfig, StreamingConfig
-from qasr_live.engine.decoder import Decoder
 from qasr_live.engine.encoder import CHUNK_FRAMES, ROWS_PER_CHUNK, WINDOW_ROWS
 from qasr_live.engine.features import HOP, N_FFT, SAMPLE_RATE, feature_output_length, log_mel_raw, normalize_log_mel
 from qasr_live.engine.generation import Generation, generate
+from qasr_live.engine.kv_cache import PrefixCache, common_prefix
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.engine.pipeline import MIN_SECONDS, forced_length, open_decoder, stop_ids
 from qasr_live.engine.prompt import ASR_TEXT, Prompt, build_prompt, prompt_head, prompt_tail, split_answer
@@ -369,99 +369,6 @@ class ClipEncoder:
 # --- KV-cache reuse -------------------------------------------------------------------------------------------
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
-def _rows_between(blocks: Sequence[np.ndarray], start: int, stop: int | None = None) -> np.ndarray:
-    """Rows [start, stop) of the concatenation of `blocks`, copying only the blocks that overlap."""
-    parts, offset = [], 0
-    for block in blocks:
-        end = offset + len(block)
-        if end > start and (stop is None or offset < stop):
-            end_in_block = len(block) if stop is None else min(len(block), stop - offset)
-            parts.append(block[max(0, start - offset) : end_in_block])
-        offset = end
-    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-
-
-class _PrefixCache:
-    """What the decoder's single sequence holds (head tokens, audio row blocks, tail tokens incl. generated ones),
-    so that a new prompt keeps the longest unchanged prefix and feeds only the rest."""
-
-    def __init__(self, decoder: Decoder) -> None:
-        self.decoder = decoder
-        self.head: list[int] | None = None
-        self.blocks: list[np.ndarray] = []
-        self.tail: list[int] = []
-
-    def invalidate(self) -> None:
-        """Forget what the sequence holds (after a failed feed): the next feed starts from position 0."""
-        self.head, self.blocks, self.tail = None, [], []
-
-    def _common_rows(self, new: Sequence[np.ndarray]) -> int:
-        starts, offset = {}, 0
-        for block in self.blocks:
-            starts[offset] = block
-            offset += len(block)
-        n_old, pos = offset, 0
-        for block in new:
-            if starts.get(pos) is block:  # the very same (read-only) block at the same place
-                pos += len(block)
-                continue
-            old = _rows_between(self.blocks, pos, pos + len(block))
-            m = len(old)
-            differs = np.flatnonzero(np.any(block[:m] != old, axis=1)) if m else np.zeros(0, int)
-            if len(differs):
-                return pos + int(differs[0])
-            pos += m
-            if m < len(block) or pos >= n_old:
-                return pos
-        return pos
-
-    def feed(self, prompt: Prompt) -> int:
-        """Make the sequence hold `prompt` (with logits for its last position when it has a tail); returns the
-        number of positions kept."""
-        head, blocks, tail = prompt.head, prompt.rows, prompt.tail
-        n_rows = prompt.n_rows
-        total = prompt.n_positions
-        if self.head is None:
-            keep = 0
-        elif head != self.head:
-            keep = _common_prefix(head, self.head)
-        else:
-            rows = self._common_rows(blocks)
-            keep = len(head) + rows
-            if rows == n_rows == sum(len(b) for b in self.blocks):
-                keep += _common_prefix(tail, self.tail)
-        d = self.decoder
-        keep = min(keep, d.n_past, total - 1 if tail else total)
-        try:
-            d.rewind(keep)
-            pos, h = keep, len(head)
-            if pos < h:
-                d.feed_tokens(head[pos:], want_logits=False)
-                pos = h
-            if pos < h + n_rows:
-                d.feed_embeddings(_rows_between(blocks, pos - h))
-                pos = h + n_rows
-            if pos < total:
-                d.feed_tokens(tail[pos - h - n_rows :])
-        except BaseException:
-            self.invalidate()
-            raise
-        self.head, self.blocks, self.tail = list(head), list(blocks), list(tail)
-        return keep
-
-    def extend(self, tokens: Sequence[int]) -> None:
-        """Generated tokens that were fed after the prompt."""
-        self.tail += tokens
-
-
 # --- the recognizer -------------------------------------------------------------------------------------------
 
 _CJK_RANGES = (
@@ -549,7 +456,7 @@ class StreamingRecognizer:
         self.memory = DecoderMemory(streaming.memory_tokens, streaming.memory_utterances)
         self._language, self._context = language, context
         self._utt: _Utterance | None = None
-        self._kv = _PrefixCache(self.decoder)
+        self._kv = PrefixCache(self.decoder)
         self._interrupt = threading.Event()
         self._pieces: dict[int, bytes] = {}
         self._token_cache: dict[str, list[int]] = {}
@@ -569,7 +476,8 @@ class StreamingRecognizer:
 
     def interrupt(self) -> None:
         """Make a running (or the next) tick() return at once with nothing new: the endpoint has come and the final
-        decode should not wait for a partial nobody will see. Thread-safe; finish(), cancel() and begin() reset it."""
+        decode should not wait for a partial nobody will see. Thread-safe; speculate(), finish(), cancel() and begin()
+        reset it."""
         self._interrupt.set()
 
     def begin(self) -> None:
@@ -632,7 +540,7 @@ class StreamingRecognizer:
             limit = len(tail) - self.streaming.rollback_tokens
             if self.streaming.agreement:
                 prev = utt.agreed
-                agreed = _common_prefix(prev[1], tail) if prev is not None and prev[0] == dec.language else 0
+                agreed = common_prefix(prev[1], tail) if prev is not None and prev[0] == dec.language else 0
                 limit = min(limit, agreed)
             k = self._word_boundary(tail, limit)
             commits += self._commit(tail[:k], dec.language, final=False)
@@ -649,6 +557,7 @@ class StreamingRecognizer:
         it, finish(use_speculation=True) commits this decode instead of decoding again. False (nothing kept) when
         the audio is too short or would need a rollover first."""
         utt = self._require()
+        self._interrupt.clear()  # the tick it interrupted is over: later ticks (if speech resumes) run again
         utt.speculation = None
         n = len(utt.audio)
         if n < _MIN_TICK_SAMPLES or self._needs_fit(n):

@@ -1,0 +1,41 @@
+"""The benchmark suite's own code path, end to end on a tiny model (`python -m bench.run --sizes tiny --quick`):
+both sides, the daemon runs, the JSON, the Markdown table and the plots. The figures of a tiny model mean
+nothing, so nothing here looks at them beyond their presence: speed is the benchmark's business, not a test's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_smoke_run_writes_results_table_and_plots(tmp_path: Path) -> None:
+    out, docs = tmp_path / "results", tmp_path / "performance.md"
+    docs.write_text("# Performance\n\nhand-written text stays\n")
+    env = {**os.environ, "QASR_BENCH_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "bench.run", "--sizes", "tiny", "--quick", "--out", str(out), "--docs", str(docs)]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    run = json.loads((out / "tiny.json").read_text())
+    assert set(run["official"]["offline"]) == {"fp32/fp32"}
+    assert set(run["ours"]["offline"]) == {"f16/fp32", "q8_0/int8", "q4_k/int8", "q4_k/int4"}
+    assert set(run["ours"]["encoder"]) == {"fp32", "int8", "int4"}
+    assert set(run["ours"]["decoder"]) == {"f16", "q8_0", "q4_k"}
+    assert all(r["generated_tokens"] == 240 for r in run["ours"]["offline"].values())  # forced: 4 per second
+    for mode in ("continuous", "ptt"):
+        s = run["streaming"][mode]
+        assert [u["length_s"] for u in s["utterances"]] == [2.0, 5.0, 10.0]
+        assert set(s["final"]) == {"2", "5", "10"} and s["ready_s"] > 0 and s["peak_rss_mb"]["total"] > 0
+    assert run["streaming"]["continuous"]["utterances"][0]["reason"] == "silence"
+    assert all(u["reason"] == "key_release" for u in run["streaming"]["ptt"]["utterances"])
+
+    text = docs.read_text()
+    assert text.startswith("# Performance\n\nhand-written text stays\n")
+    assert "| tiny | q4_k/int8 |" in text and "| tiny | push-to-talk | 10 s | 1 |" in text
+    for name in ("latency.png", "rtf.png", "tokens_per_second.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
