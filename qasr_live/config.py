@@ -154,7 +154,7 @@ class EngineConfig:
     encoder_threads: int = _opt(1, "CPU threads of the ONNX audio encoder", minimum=1)
     decoder_threads: int = _opt(2, "CPU threads of the llama.cpp decoder", minimum=1)
     n_gpu_layers: int = _opt(0, "decoder layers offloaded to the GPU; 0 = CPU only, -1 = all layers", minimum=-1)
-    n_ctx: int = _opt(4096, "context window in tokens", minimum=512)
+    n_ctx: int = _opt(2048, "context window in tokens", minimum=512)
     n_batch: int = _opt(512, "llama.cpp prompt batch size in tokens", minimum=32)
     segment_seconds: float = _opt(30.0, "decoder segment length in seconds for long audio", minimum=5, maximum=300)
     max_new_tokens: int = _opt(512, "most tokens generated per segment", minimum=1)
@@ -163,6 +163,9 @@ class EngineConfig:
     repetition_guard: bool = _opt(True, "stop a segment that starts repeating itself")
     kv_cache_type: str = _opt("f16", "decoder KV cache element type", choices=("f16", "f32", "q8_0"))
     flash_attention: bool = _opt(False, "llama.cpp flash attention (f16 on the CPU; on for q8_0 KV cache)")
+    repack_weights: bool = _opt(
+        False, "llama.cpp's second, interleaved copy of quantized weights (faster generation, slower prefill on x86)"
+    )
     forced_tokens_per_second: float = _opt(
         0.0, "benchmarks only: ignore end-of-sequence, answer this many tokens per audio second; 0 = off", minimum=0
     )

@@ -43,7 +43,7 @@ def test_defaults() -> None:
         encoder_threads=1,
         decoder_threads=2,
         n_gpu_layers=0,
-        n_ctx=4096,
+        n_ctx=2048,
         n_batch=512,
         segment_seconds=30.0,
         max_new_tokens=512,

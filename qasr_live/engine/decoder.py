@@ -57,6 +57,7 @@ class Decoder:
         flash_attention: bool = False,
         temperature: float = 0.0,
         seed: int = 0,
+        repack: bool = True,
     ) -> None:
         import llama_cpp.llama_cpp as llama
 
@@ -66,6 +67,9 @@ class Decoder:
         self.path = Path(path)
         mparams = llama.llama_model_default_params()
         mparams.n_gpu_layers = 999 if n_gpu_layers < 0 else n_gpu_layers
+        # llama.cpp repacks quantized CPU weights into a second, interleaved copy for its faster kernels (the
+        # mapped file stays resident too); repack=False keeps one copy (bench/memory.py measures both).
+        mparams.use_extra_bufts = repack
         self._model = llama.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
             raise DecoderError(

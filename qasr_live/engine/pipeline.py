@@ -90,6 +90,7 @@ def open_decoder(model: ModelDir, engine: EngineConfig) -> Decoder:
         flash_attention=engine.flash_attention,
         temperature=engine.temperature,
         seed=engine.seed,
+        repack=engine.repack_weights,
     )
     try:
         if engine.forced_tokens_per_second > 0:  # benchmarks: random weights answer words, as speech would be
