@@ -43,7 +43,8 @@ class AudioEncoder:
 
         options = ort.SessionOptions()
         # ONNX Runtime's CPU arena keeps the largest buffers any input length ever needed: measured on the 0.6B
-        # encoder, peak RSS 1262 MB with it and 860 MB without, for 21 % more encoder time (bench/memory.py).
+        # encoder, peak RSS 1262 MB with it and 860 MB without, for 21 % more encoder time (bench/memory.py). The
+        # daemon runs without it; offline transcription (30 s segments at once) with it.
         options.enable_cpu_mem_arena = arena
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

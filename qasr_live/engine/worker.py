@@ -22,12 +22,12 @@ from qasr_live.errors import EncoderCrashed, QasrError
 _LOGGER = logging.getLogger(__name__)
 
 
-def _serve(conn, frontend: str, backend: str, threads: int) -> None:
+def _serve(conn, frontend: str, backend: str, threads: int, arena: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     from qasr_live.engine.encoder import AudioEncoder
 
     try:
-        encoder = AudioEncoder(frontend, backend, threads)
+        encoder = AudioEncoder(frontend, backend, threads, arena)
     except QasrError as e:
         conn.send(("error", e))
         return
@@ -48,9 +48,11 @@ def _serve(conn, frontend: str, backend: str, threads: int) -> None:
 class EncoderWorker:
     """Same methods as AudioEncoder (encode, frontend, backend, frontend_rows), run in a spawned process."""
 
-    def __init__(self, frontend: str | Path, backend: str | Path, threads: int = 1) -> None:
+    def __init__(self, frontend: str | Path, backend: str | Path, threads: int = 1, arena: bool = False) -> None:
+        """`arena`: ONNX Runtime's memory arena (faster repeated large inputs, more resident memory)."""
         self._paths = (str(frontend), str(backend))
         self._threads = threads
+        self._arena = arena
         self._process: mp.process.BaseProcess | None = None
         self._conn = None
         self.d_model = 0
@@ -62,7 +64,7 @@ class EncoderWorker:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         process = ctx.Process(
-            target=_serve, args=(child, *self._paths, self._threads), daemon=True, name="qasr-encoder"
+            target=_serve, args=(child, *self._paths, self._threads, self._arena), daemon=True, name="qasr-encoder"
         )
         process.start()
         child.close()  # so that a dead child reads as EOF here
