@@ -111,6 +111,46 @@ def tables(runs: dict[str, dict]) -> str:
     return "\n".join(out)
 
 
+VARIANTS = {
+    "approximate_window": "streaming.reencode_open_window: false (row cosine 0.999 to exact)",
+    "no_speculation": "streaming.endpoint_speculation_ms: 0",
+    "encoder_threads_2": "engine.encoder_threads: 2",
+    "decoder_threads_1": "engine.decoder_threads: 1",
+    "omp_passive": "OMP_WAIT_POLICY=PASSIVE",
+}
+
+
+def variants(runs: dict[str, dict], results: Path) -> str:
+    """The optimisation pass's one-setting-changed runs (bench/variants.sh) beside the 0.6B defaults."""
+    default = runs.get(TARGETS)
+    found = [
+        (VARIANTS[name], json.loads((results / "opt" / f"{name}.json").read_text()))
+        for name in VARIANTS
+        if (results / "opt" / f"{name}.json").exists()
+    ]
+    if not default or not found:
+        return ""
+
+    def cell(s: dict, mode: str, key: str) -> str:
+        v = s.get(mode, {}).get(key, {}).get("5")
+        return f"{v['p50']:.2f}" if v else "–"
+
+    def tick(s: dict) -> str:
+        return f"{statistics.median(t['total_ms'] for t in s['tick']['ticks'] if t['audio_s'] >= 1.0):.0f}"
+
+    rows = [
+        "| setting (0.6B, 5 s utterances, p50 s) | partial tick ms (median) | VAD: first partial |"
+        " VAD: end → final | ptt: first partial | ptt: release → final |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, s in [("defaults", default["streaming"]), *found]:
+        rows.append(
+            f"| {label} | {tick(s)} | {cell(s, 'continuous', 'first_partial')} | {cell(s, 'continuous', 'final')} |"
+            f" {cell(s, 'ptt', 'first_partial')} | {cell(s, 'ptt', 'final')} |"
+        )
+    return "\n### One setting at a time (bench/variants.sh; 3 utterances per length, defaults: 5)\n\n" + "\n".join(rows)
+
+
 def _targets(run: dict) -> list[tuple[str, str, bool]]:
     s = run["streaming"]
     rows = []
@@ -210,7 +250,8 @@ def render(results: Path, docs: Path) -> None:
     if not runs:
         raise SystemExit(f"no results in {results}; run python -m bench.run first")
     block = (
-        f"{BEGIN}\n{tables(runs)}\n\n![latency](../bench/results/latency.png)\n![RTF](../bench/results/rtf.png)\n"
+        f"{BEGIN}\n{tables(runs)}\n{variants(runs, results)}\n\n"
+        "![latency](../bench/results/latency.png)\n![RTF](../bench/results/rtf.png)\n"
         f"![tokens per second](../bench/results/tokens_per_second.png)\n{END}"
     )
     text = docs.read_text() if docs.exists() else f"# Performance\n\n{BEGIN}\n{END}\n"

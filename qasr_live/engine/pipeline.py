@@ -77,10 +77,9 @@ class _Memory:
     text_ids: tuple[int, ...] = ()
 
 
-def open_decoder(model: ModelDir, engine: EngineConfig, repack: bool = True) -> Decoder:
+def open_decoder(model: ModelDir, engine: EngineConfig) -> Decoder:
     """The model's decoder as `engine` configures it, checked (at load time, not mid-file) to know the tokens the
-    prompt uses. `repack`: llama.cpp's repacked weights unless `engine.repack_weights` says otherwise (offline
-    decoding is generation-bound and gains from them; streaming is prompt-bound and does not)."""
+    prompt uses."""
     decoder = Decoder(
         model.decoder,
         n_ctx=engine.n_ctx,
@@ -91,7 +90,7 @@ def open_decoder(model: ModelDir, engine: EngineConfig, repack: bool = True) -> 
         flash_attention=engine.flash_attention,
         temperature=engine.temperature,
         seed=engine.seed,
-        repack=repack if engine.repack_weights is None else engine.repack_weights,
+        repack=engine.repack_weights,
     )
     try:
         if engine.forced_tokens_per_second > 0:  # benchmarks: random weights answer words, as speech would be

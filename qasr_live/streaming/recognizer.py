@@ -450,7 +450,7 @@ class StreamingRecognizer:
         self.engine = engine
         self.streaming = streaming
         self.encoder = encoder
-        self.decoder = open_decoder(model, engine, repack=False)
+        self.decoder = open_decoder(model, engine)
         self.asr_text_id = self.decoder.token_id(ASR_TEXT)
         self.stop_ids = stop_ids(self.decoder)
         self.memory = DecoderMemory(streaming.memory_tokens, streaming.memory_utterances)
