@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -33,8 +34,6 @@ def _machine() -> dict:
         ),
         platform.processor(),
     )
-    import os
-
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
