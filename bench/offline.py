@@ -104,7 +104,7 @@ def ours(size: str) -> dict:
     engine = EngineConfig(decoder_threads=THREADS, forced_tokens_per_second=TOKENS_PER_SECOND)
     for decoder_precision, encoder_precision in PAIRS:
         model = open_model_dir(bench.model_dir, encoder_precision, decoder_precision)
-        with EncoderWorker(model.frontend, model.backend, THREADS, arena=True) as worker:  # as `transcribe`
+        with EncoderWorker.for_offline(model.frontend, model.backend, 1, THREADS) as worker:  # as `transcribe`
             transcriber = Transcriber(model, engine, worker)
             transcriber.transcribe(audio[: 2 * 16000], language="English")  # warm-up
             tr = transcriber.transcribe(audio, language="English")

@@ -76,10 +76,8 @@ def cmd_transcribe(args) -> int:
     cfg = _config(args)
     model = resolve_model(cfg)
     t0 = time.perf_counter()
-    # Offline, encoder and decoder run one after the other: the encoder gets the decoder's threads too, and
-    # ONNX Runtime's memory arena (30 s segments are encoded at once).
-    threads = max(cfg.engine.encoder_threads, cfg.engine.decoder_threads)
-    with EncoderWorker(model.frontend, model.backend, threads, arena=True) as encoder:
+    e = cfg.engine
+    with EncoderWorker.for_offline(model.frontend, model.backend, e.encoder_threads, e.decoder_threads) as encoder:
         transcriber = Transcriber(model, cfg.engine, encoder)
         load_seconds = time.perf_counter() - t0
         try:

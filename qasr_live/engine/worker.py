@@ -60,6 +60,12 @@ class EncoderWorker:
         self.restarts = 0
         self.start()
 
+    @classmethod
+    def for_offline(cls, frontend: str | Path, backend: str | Path, encoder_threads: int, decoder_threads: int):
+        """Offline transcription runs encoder and decoder one after the other: the encoder gets the decoder's
+        threads too, and ONNX Runtime's memory arena (30 s segments are encoded at once)."""
+        return cls(frontend, backend, max(encoder_threads, decoder_threads), arena=True)
+
     def start(self) -> None:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
