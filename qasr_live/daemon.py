@@ -507,6 +507,11 @@ class Daemon:
             _LOGGER.error("recognizer: %s", e)
             self._publish(ErrorEvent(code="recognizer", message=str(e), fatal=False))
             return None
+        except Exception as e:  # a bug: reported with its traceback (a silent failure looks like "no speech")
+            self._counts["errors"] += 1
+            _LOGGER.exception("recognizer: internal error")
+            self._publish(ErrorEvent(code="recognizer", message=f"internal error: {e!r}", fatal=False))
+            return None
 
     # ---------------------------------------------------------------------------------------- state, events
 

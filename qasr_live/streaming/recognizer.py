@@ -291,7 +291,8 @@ class ClipEncoder:
         tail_mel = np.zeros((n_tail_chunks * CHUNK_FRAMES, tail_raw.shape[0]), np.float32)
         tail_mel[:tail_frames] = normalize_log_mel(tail_raw, peak).T
         batch = [normalize_log_mel(chunks[c].raw, peak) for c in stale]
-        batch += list(tail_mel.reshape(n_tail_chunks, CHUNK_FRAMES, -1).transpose(0, 2, 1))
+        if n_tail_chunks:  # none when the audio ends within a final chunk's lookahead
+            batch += list(tail_mel.reshape(n_tail_chunks, CHUNK_FRAMES, -1).transpose(0, 2, 1))
         front = encoder.frontend(np.stack(batch)) if batch else None
         new_front = {c: front[i] for i, c in enumerate(stale)}
         n_tail_rows = feature_output_length(n_frames) - final * ROWS_PER_CHUNK
@@ -590,6 +591,8 @@ class StreamingRecognizer:
             _LOGGER.warning("final decode ended by the repetition guard (%d tokens kept)", len(dec.text_ids))
         if not (dec.silent and not utt.committed):  # a loop or `language None` with nothing committed: no speech
             commits += self._commit(dec.text_ids, dec.language, final=True)
+        if not utt.text and utt.memory and not utt.carry:
+            commits += self._without_memory(stats)
         no_speech = not utt.text
         self.last_rows = utt.clip.rows
         if not no_speech and self.memory.max_tokens > 0:
@@ -603,6 +606,22 @@ class StreamingRecognizer:
         language = None if no_speech else (utt.header if utt.header_fixed else dec.language)
         self._utt = None
         return Final(commits, utt.text, no_speech, language, stats.freeze(t0))
+
+    def _without_memory(self, stats: _StatsSum) -> list[Commit]:
+        """The final decode once more, without the memory. With memory a model can take new speech for text it
+        has already written (memory text running past its audio, after a misrecognition) and answer nothing;
+        as that memory stays, so would the silence, utterance after utterance. If the model hears speech without
+        it, the memory goes."""
+        utt = self._utt
+        utt.memory, utt.header, utt.header_fixed = [], self._language, self._language is not None
+        dec = self._decode(utt.clip.blocks, self.engine.max_new_tokens, stats)
+        if dec.silent:
+            return []
+        commits = self._commit(dec.text_ids, dec.language, final=True)
+        if utt.text:
+            _LOGGER.info("the decoder memory silenced an utterance; it was heard without it, memory cleared")
+            self.memory.clear()
+        return commits
 
     def cancel(self) -> None:
         """Drop the current utterance (if any): nothing more is committed, nothing goes into memory."""

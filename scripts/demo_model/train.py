@@ -21,6 +21,7 @@ Run from the repository root: python3 scripts/demo_model/train.py --data DIR --w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -311,6 +312,12 @@ def save(model, init: Path, dst: Path) -> None:
     tmp.rename(dst)
 
 
+def _mix_value(item: str) -> tuple[str, float | tuple[int, int]]:
+    """`name=0.2` (a fraction) or `name=3:7` (a clip-count range [low, high))."""
+    name, value = item.split("=")
+    return name, tuple(int(v) for v in value.split(":")) if ":" in value else float(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
@@ -326,7 +333,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--ctc-weight", type=float, default=CTC_WEIGHT)
     parser.add_argument("--specaug", type=float, default=0.5, help="probability of SpecAugment masks per piece")
+    parser.add_argument(
+        "--mix", default="", help="change the sample mix (class Mix), e.g. single=0.25,long=0.3,long_current=4:11"
+    )
     args = parser.parse_args()
+    mix = dataclasses.replace(MAIN, **dict(_mix_value(kv) for kv in args.mix.split(",") if kv))
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -363,7 +374,7 @@ def main() -> None:
     t0 = time.time()
     avg = None
     last = min(args.steps, args.stop_after or args.steps) - 1
-    for step, batch in enumerate(batches(clips, rng, args.budget, MAIN)):
+    for step, batch in enumerate(batches(clips, rng, args.budget, mix)):
         if step > last:
             break
         for g in opt.param_groups:
@@ -392,6 +403,7 @@ def main() -> None:
                         "lr": args.lr,
                         "ctc_weight": args.ctc_weight,
                         "specaug": args.specaug,
+                        "mix": dataclasses.asdict(mix),
                         "init_from": str(args.init_from) if args.init_from else None,
                         "ce": round(avg[0], 4),
                         "ctc": round(avg[1], 4),
