@@ -189,6 +189,18 @@ def test_incremental_encoding_equals_encoding_the_whole_clip(encoder):
     assert approx_worst > 1e-2 and refronted > 0
 
 
+@pytest.mark.parametrize("n", [16000 + 40, 32000 + 159, 3 * 16000 + 100])
+def test_audio_ending_right_after_a_final_chunk_has_no_tail(encoder, n):
+    """Lengths where every frame belongs to a final chunk (the tail is empty): the rows are still exact. The
+    daemon's blocks hit such a length about once per second of speech."""
+    audio = speechy(n / 16000, 4)[:n]
+    clip = ClipEncoder(exact=True)
+    clip.update(audio[: n - 5000], encoder)
+    assert n // 160 == ClipEncoder.final_chunks(n) * 100
+    rows = np.concatenate(clip.update(audio, encoder))
+    np.testing.assert_allclose(rows, encoder.encode(log_mel(audio)), atol=1e-5)
+
+
 def test_steady_audio_runs_each_chunk_through_the_frontend_once_and_freezes_windows(encoder):
     """Without clamp changes, a final chunk goes through the frontend once, and the backend re-runs only the
     open window (plus, once, a window the moment it completes)."""
