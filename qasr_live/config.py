@@ -272,7 +272,7 @@ class StreamingConfig:
     rollback_tokens: int = _opt(
         5, "trailing tokens of a partial that stay uncommitted until speech ends", minimum=0, maximum=50
     )
-    agreement: bool = _opt(False, "commit only text two consecutive partials agree on (LocalAgreement-2)")
+    agreement: bool = _opt(True, "commit only text two consecutive partials agree on (LocalAgreement-2)")
     reencode_open_window: bool = _opt(
         True, "exact mode: rows equal an offline encoding (open 8 s window re-run); false = each chunk encoded once"
     )

@@ -26,13 +26,10 @@ from qasr_live.outputs.journal import read_entries
 READY_TIMEOUT = 60.0
 
 
-def write_config(path: Path, model: Path, tmp: Path, **sections: dict) -> Path:
+def write_config(path: Path, model_dir: Path, tmp: Path, **sections: dict) -> Path:
     """A config.yaml for a test daemon: everything private to ``tmp``, WebSocket on a free port."""
     cfg: dict = {
-        "model": {"dir": str(model)},
-        # Random weights loop more often than not; the repetition guard would then (rightly) call the utterance
-        # "no speech". The daemon tests check the plumbing, so they let the loop run to a short token budget.
-        "engine": {"decoder_threads": 1, "n_ctx": 2048, "repetition_guard": False, "max_new_tokens": 40},
+        "model": {"dir": str(model_dir)},
         "websocket": {"port": 0},
         "journal": {"path": str(tmp / "journal.jsonl")},
         "control": {"runtime_dir": str(tmp / "run")},

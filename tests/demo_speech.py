@@ -167,10 +167,13 @@ def heldout_set(n: int, seed: int = 1234) -> list[tuple[str, tuple[str, str, int
 
 
 def dictation(
-    seconds: float, voice: tuple[str, str, int, int] = HELDOUT_VOICES[0], seed: int = 99
+    seconds: float,
+    voice: tuple[str, str, int, int] = HELDOUT_VOICES[0],
+    seed: int = 99,
+    pauses: tuple[float, float] = (0.25, 0.7),
 ) -> tuple[np.ndarray, list[str]]:
-    """At least `seconds` of continuous held-out sentences by one voice, separated by short pauses (0.25-0.7 s),
-    over a faint noise floor. Returns the audio and the sentences in order."""
+    """At least `seconds` of continuous held-out sentences by one voice, separated by pauses drawn from `pauses`
+    (seconds; short by default), over a faint noise floor. Returns the audio and the sentences in order."""
     rng = np.random.default_rng(seed)
     parts, texts, total = [], [], 0
     for text in heldout_sentences(400, seed):
@@ -178,7 +181,7 @@ def dictation(
             break
         speech = synthesize(text, *voice)
         speech = speech / (np.max(np.abs(speech)) + 1e-9) * 0.5
-        parts += [speech, np.zeros(int(rng.uniform(0.25, 0.7) * SAMPLE_RATE), dtype=np.float32)]
+        parts += [speech, np.zeros(int(rng.uniform(*pauses) * SAMPLE_RATE), dtype=np.float32)]
         texts.append(text)
         total += len(parts[-2]) + len(parts[-1])
     audio = np.concatenate(parts)

@@ -357,7 +357,7 @@ def test_draft_verification_generates_the_same_tokens_in_fewer_decodes(model, en
 
 
 def test_commits_are_append_only_word_aligned_and_hold_back_the_rollback(make):
-    rec = make(rollback_tokens=5, memory_tokens=10_000)
+    rec = make(rollback_tokens=5, memory_tokens=10_000, agreement=False)  # the rollback rule alone
     tail_ids = rec.decoder.tokenize(prompt_tail("English"))
     committed: list[int] = []
     history = []
@@ -434,7 +434,7 @@ def scripted(monkeypatch, answers):
 
 
 def test_auto_language_header_is_fixed_at_the_first_commit(make, monkeypatch):
-    rec = make(language=None, memory_tokens=0)
+    rec = make(language=None, memory_tokens=0, agreement=False)  # random weights rarely agree
     tok = rec.decoder.tokenize
     words = " one two three four five six seven eight nine ten"
     scripted(monkeypatch, ["language English<asr_text>" + words, words])

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the demo model end to end on a CPU: data (espeak-ng), two training phases, export into
+# Rebuild the demo model end to end on a CPU: data (espeak-ng), six training phases, export into
 # qasr_live/models/demo, evaluation. See docs/demo-model.md for the recipe and the measured figures.
 #   WORK=/tmp/demo_model_work bash scripts/demo_model/build.sh
 set -euo pipefail
@@ -23,5 +23,14 @@ python3 scripts/demo_model/train.py --data "$work/data_clean" --work "$work/phas
 python3 scripts/demo_model/train.py --data "$work/data_clean" --work "$work/phase4" \
   --init-from "$work/phase3/checkpoint" --steps 4000 --lr 1.5e-3 --warmup 30 --ctc-weight 1.0 --specaug 0 \
   --seed 11 --save-every 100 --threads 2
-python3 scripts/demo_model/package.py "$work/phase4/checkpoint"
+# phase 5: the augmented data (11,500 more distinct sentences, noise, reverb, filters) at a lower rate.
+python3 scripts/demo_model/train.py --data "$work/data" --work "$work/phase5" \
+  --init-from "$work/phase4/checkpoint" --steps 1500 --lr 7e-4 --warmup 30 --ctc-weight 1.0 --specaug 0.3 \
+  --seed 13 --save-every 100 --threads 2
+# phase 6: long samples as offline transcription builds them (up to 30 s of memory before up to 30 s of audio).
+python3 scripts/demo_model/train.py --data "$work/data" --work "$work/phase6" \
+  --init-from "$work/phase5/checkpoint" --steps 1500 --lr 7e-4 --warmup 30 --ctc-weight 1.0 --specaug 0.2 \
+  --seed 17 --save-every 100 --threads 2 \
+  --mix single=0.25,several=0.2,long=0.3,long_memory=0:11,long_current=4:11
+python3 scripts/demo_model/package.py "$work/phase6/checkpoint"
 python3 scripts/demo_model/evaluate.py qasr_live/models/demo --n 200 --long 125

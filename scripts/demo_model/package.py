@@ -3,8 +3,8 @@
     python3 scripts/demo_model/package.py CHECKPOINT_DIR [--encoder int8] [--decoder q8_0]
 
 The model files are replaced; vocabulary.json (the grammar, kept in git) stays. Also writes sample.wav (a few
-sentences spoken by the held-out voice, what scripts/demo.sh transcribes) and training.json (the recipe's
-figures from the checkpoint's train_state.json).
+sentences spoken by the held-out voice, what scripts/demo.sh transcribes) and training.json (every training
+phase that led to the checkpoint, from the train_state.json files along its --init-from chain).
 """
 
 from __future__ import annotations
@@ -34,6 +34,17 @@ SAMPLE_TEXT = (
 )
 
 
+def training_phases(checkpoint: Path) -> list[dict]:
+    """The train_state.json of the checkpoint and of every checkpoint it was initialised from, oldest first."""
+    phases: list[dict] = []
+    while checkpoint is not None and (checkpoint / "train_state.json").exists():
+        state = json.loads((checkpoint / "train_state.json").read_text())
+        phases.insert(0, state)
+        init = state.get("init_from")
+        checkpoint = Path(init) if init else None
+    return phases
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
@@ -59,9 +70,14 @@ def main() -> None:
     audio = audio / np.max(np.abs(audio)) * 0.5
     scipy.io.wavfile.write(demo / "sample.wav", 16000, (audio * 32767).astype(np.int16))
     (demo / "sample.txt").write_text(" ".join(SAMPLE_TEXT) + "\n")
-    state = args.checkpoint / "train_state.json"
-    if state.exists():
-        (demo / "training.json").write_text(json.dumps(json.loads(state.read_text()), indent=2) + "\n")
+    phases = training_phases(args.checkpoint)
+    if phases:
+        summary = {
+            "phases": phases,
+            "total_steps": sum(p["step"] for p in phases),
+            "total_seconds": round(sum(p["seconds"] for p in phases)),
+        }
+        (demo / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     for f in sorted(demo.iterdir()):
         print(f"{f.stat().st_size / 1e6:8.3f} MB  {f.name}")
 
