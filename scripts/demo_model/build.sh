@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the demo model end to end on a CPU: data (espeak-ng), six training phases, export into
+# Rebuild the demo model end to end on a CPU: data (espeak-ng), seven training phases, export into
 # qasr_live/models/demo, evaluation. See docs/demo-model.md for the recipe and the measured figures.
 #   WORK=/tmp/demo_model_work bash scripts/demo_model/build.sh
 set -euo pipefail
@@ -32,5 +32,10 @@ python3 scripts/demo_model/train.py --data "$work/data" --work "$work/phase6" \
   --init-from "$work/phase5/checkpoint" --steps 1500 --lr 7e-4 --warmup 30 --ctc-weight 1.0 --specaug 0.2 \
   --seed 17 --save-every 100 --threads 2 \
   --mix single=0.25,several=0.2,long=0.3,long_memory=0:11,long_current=4:11
-python3 scripts/demo_model/package.py "$work/phase6/checkpoint"
+# phase 7: more long samples (45 %), a lower rate.
+python3 scripts/demo_model/train.py --data "$work/data" --work "$work/phase7" \
+  --init-from "$work/phase6/checkpoint" --steps 2000 --lr 6e-4 --warmup 30 --ctc-weight 1.0 --specaug 0.2 \
+  --seed 19 --save-every 100 --threads 2 \
+  --mix single=0.2,several=0.15,long=0.45,long_memory=0:11,long_current=4:11
+python3 scripts/demo_model/package.py "$work/phase7/checkpoint"
 python3 scripts/demo_model/evaluate.py qasr_live/models/demo --n 200 --long 125
