@@ -22,7 +22,7 @@ from websockets.sync.client import connect
 
 from qasr_live.cli import DEMO_MODEL
 from tests.daemon_harness import RealtimeMic, RunningDaemon, write_config
-from tests.demo_speech import HELDOUT_VOICES, DemoRecognizer, heldout_sentences, synthesize, wer
+from tests.demo_speech import HELDOUT_VOICES, heldout_sentences, synthesize, transcribe_offline, wer
 
 RATE = 16000
 EXTRA_ERRORS = 2
@@ -110,11 +110,7 @@ def sentences(texts) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def offline(sentences) -> list[str]:
     """What offline transcription (the same model) hears in each sentence: the daemon's yardstick."""
-    recognizer = DemoRecognizer(DEMO_MODEL)
-    try:
-        return [recognizer(pcm.astype(np.float32) / 32767).text for pcm in sentences]
-    finally:
-        recognizer.close()
+    return transcribe_offline(DEMO_MODEL, [pcm.astype(np.float32) / 32767 for pcm in sentences])
 
 
 def assert_heard(said: list[str], offline: list[str], committed: list[str]) -> None:

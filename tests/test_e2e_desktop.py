@@ -14,7 +14,7 @@ import numpy as np
 from qasr_live.cli import DEMO_MODEL
 from qasr_live.outputs.typing import sanitize
 from tests.daemon_harness import RunningDaemon, write_config
-from tests.demo_speech import HELDOUT_VOICES, DemoRecognizer, heldout_sentences, synthesize
+from tests.demo_speech import HELDOUT_VOICES, heldout_sentences, synthesize, transcribe_offline
 from tests.desktop import TkTextWindow, Xvfb, xdotool
 from tests.pulse import PulseAudio
 from tests.test_daemon import assert_heard, check_event_stream, commits_by_utterance, journal_by_utterance
@@ -43,9 +43,7 @@ def _children(pid: int) -> list[int]:
 def test_push_to_talk_dictation_into_a_window(tmp_path: Path, report) -> None:
     said = heldout_sentences(2, seed=11)  # the demo model's grammar, never trained on
     speech1, speech2 = (synthesize(text, *HELDOUT_VOICES[0]) * 0.8 for text in said)
-    recognizer = DemoRecognizer(DEMO_MODEL)
-    offline = [recognizer(speech).text for speech in (speech1, speech2)]
-    recognizer.close()
+    offline = transcribe_offline(DEMO_MODEL, [speech1, speech2])
     with (
         Xvfb() as x,
         TkTextWindow(x.display) as window,
