@@ -254,11 +254,18 @@ class DemoRecognizer:
         self.transcriber.close()
 
 
-def transcribe_offline(model_dir, clips: list[np.ndarray]) -> list[str]:
-    """Each clip (float32 in [-1, 1]) transcribed on its own by the offline runtime: the yardstick of tests that
-    run the same speech through the daemon."""
+def known_sentences(model_dir, n: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    """The first n held-out sentences (held-out voice) that offline transcription gets exactly right, with their
+    audio: material on which any error of another path (the daemon, a desktop) is that path's own."""
     recognizer = DemoRecognizer(model_dir)
+    out = []
     try:
-        return [recognizer(clip).text for clip in clips]
+        for text in heldout_sentences(20 * n, seed):
+            audio = synthesize(text, *HELDOUT_VOICES[0])
+            if normalize(recognizer(audio).text) == normalize(text):
+                out.append((text, audio))
+                if len(out) == n:
+                    return out
     finally:
         recognizer.close()
+    raise AssertionError(f"offline transcription got fewer than {n} of {20 * n} held-out sentences right")
