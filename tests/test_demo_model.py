@@ -94,25 +94,38 @@ def test_no_speech_emits_nothing(recognizer, report):
     assert words == 0, [t for t in texts if t]
 
 
-@needs_espeak
-@pytest.mark.xfail(
-    strict=True,
-    reason="gate not met by the committed model: about 20 % WER on continuous dictation, words inserted and "
-    "dropped near segment joins (docs/demo-model.md, 'Known limits'); strict: passing makes this fail",
-)
-def test_long_dictation_has_no_duplicated_or_dropped_words_at_boundaries(recognizer, report):
+@pytest.fixture(scope="module")
+def long_dictation(recognizer):
+    """A >= 2-minute continuous dictation (held-out voice and sentences, short pauses) through the long-audio
+    path: 30 s segments, each decoded with the previous one as memory."""
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed (apt install espeak-ng)")
     audio, sentences = dictation(LONG_SECONDS)
     assert len(audio) >= 120 * 16000
-    result = recognizer(audio)
-    counts = boundary_errors(" ".join(sentences), [s.text for s in result.segments])
-    rate, errors, words = wer([" ".join(sentences)], [result.text])
+    return audio, " ".join(sentences), recognizer(audio)
+
+
+def test_long_dictation_has_no_duplicated_or_dropped_words_at_boundaries(long_dictation, report):
+    audio, reference, result = long_dictation
+    counts = boundary_errors(reference, [s.text for s in result.segments])
     report(
         f"demo model {len(audio) / 16000:.0f} s dictation: {counts['boundaries']} segment boundaries, "
-        f"{counts['duplicated']} duplicated and {counts['dropped']} dropped words there; "
-        f"WER {100 * rate:.2f} % ({errors}/{words})"
+        f"{counts['duplicated']} duplicated and {counts['dropped']} dropped words there"
     )
     assert counts["boundaries"] >= 3
     assert counts["duplicated"] == 0 and counts["dropped"] == 0, counts
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not met by the committed model: continuous dictation through 60 s prompts (30 s memory + 30 s "
+    "segment) is decoded less accurately than single sentences (docs/demo-model.md, 'Known limits'); "
+    "strict: the day it passes, this fails and the target can become a plain test",
+)
+def test_long_dictation_wer(long_dictation, report):
+    audio, reference, result = long_dictation
+    rate, errors, words = wer([reference], [result.text])
+    report(f"demo model {len(audio) / 16000:.0f} s dictation: WER {100 * rate:.2f} % ({errors}/{words})")
     assert rate <= MAX_WER, (rate, result.text)
 
 
