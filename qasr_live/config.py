@@ -272,7 +272,13 @@ class StreamingConfig:
     rollback_tokens: int = _opt(
         5, "trailing tokens of a partial that stay uncommitted until speech ends", minimum=0, maximum=50
     )
-    agreement: bool = _opt(True, "commit only text two consecutive partials agree on (LocalAgreement-2)")
+    agreement: bool = _opt(True, "commit only text two partials agree on (LocalAgreement-2)")
+    agreement_ms: int = _opt(
+        1000,
+        "the earlier of the two agreeing partials heard at least this much less audio (0 = the previous partial)",
+        minimum=0,
+        maximum=10000,
+    )
     reencode_open_window: bool = _opt(
         True, "exact mode: rows equal an offline encoding (open 8 s window re-run); false = each chunk encoded once"
     )

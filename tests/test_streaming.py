@@ -249,7 +249,7 @@ def test_approximate_mode_accuracy_and_cost(make, encoder, report, realistic_tex
     for label, audio in (("steady", speechy(12.3, 4)), ("growing", speechy(12.3, 4, growing=True))):
         results = {}
         for exact in (True, False):
-            rec = make(reencode_open_window=exact)
+            rec = make(reencode_open_window=exact, agreement=False)  # random weights rarely agree: text to compare
             ticks, final, _ = run(rec, audio, tick_last=False)
             results[exact] = (
                 rec.last_rows,
@@ -417,6 +417,31 @@ def test_local_agreement_commits_only_what_two_ticks_agree_on(make):
 
     _, final, commits = run(rec, speechy(6.0, 9), step_s=0.25, after_tick=check)
     assert "".join(c.text for c in commits) == final.text
+
+
+@pytest.mark.parametrize("agreement_ms", [0, 1000])
+def test_agreement_needs_more_audio_than_a_guess_of_words_not_yet_spoken(make, monkeypatch, agreement_ms):
+    """A model that runs ahead of the audio can guess the same continuation on two ticks 300 ms apart. Compared
+    with the previous tick (agreement_ms 0) the guess is committed; with a tick that heard a second less audio the
+    words actually spoken (decodes from 1.2 s on) contradict it and only they are committed."""
+    guess, spoken = "Please find the file by the end of the day.", "Please find the agenda tonight."
+    rec = make(rollback_tokens=1, agreement=True, agreement_ms=agreement_ms, memory_tokens=0)
+    calls = []
+
+    def fake(decoder, stops, budget, guard=True, on_token=None, draft=(), interrupt=None):
+        calls.append(len(rec._utt.audio))
+        ids = decoder.tokenize(guess if calls[-1] < 1.2 * SR else spoken)  # the decodes at 0.6 and 0.9 s guess
+        return Generation(ids[len(rec._utt.committed) :], "eos")
+
+    monkeypatch.setattr(rec_module, "generate", fake)
+    _, final, commits = run(rec, speechy(3.0, 3), step_s=0.3)
+    assert calls[:3] == [int(0.3 * SR * k) for k in range(2, 5)]  # ticks from 0.6 s (MIN_SECONDS) on
+    early = "".join(c.text for c in commits[: len(commits) - len(final.commits)])  # the ticks' commits
+    if agreement_ms == 0:
+        assert "file" in early  # the guess agreed with itself
+    else:
+        assert early and spoken.startswith(early) and final.text == spoken
+        assert "".join(c.text for c in commits) == spoken
 
 
 def scripted(monkeypatch, answers):

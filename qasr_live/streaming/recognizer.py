@@ -37,7 +37,10 @@ passed to generation as a draft: the tokens it reproduces are verified in one ba
 **Rollback and commits.** Each decode re-generates only the tail after the committed prefix (the committed ids
 follow the header as assistant text). A tick commits the tail minus its last `rollback_tokens` tokens, cut back to
 a word boundary (the next token starts with whitespace, or the boundary touches a CJK character), and with
-`agreement: true` only what the previous tick's tail agrees with (LocalAgreement-2). finish() commits the rest.
+`agreement: true` only what an earlier tick's tail agrees with (LocalAgreement-2): the latest tick that heard at
+least `agreement_ms` less audio. Comparing with a tick only a few hundred ms older lets a model that runs ahead
+of the audio (the likeliest continuation of a sentence it has not heard yet) agree with itself; with a second more
+audio the words actually spoken are there to contradict the guess. finish() commits the rest.
 Commits are append-only, and an utterance's commits concatenate to Final.text (the first one has its leading
 whitespace stripped, the last one its trailing whitespace).
 
@@ -411,13 +414,22 @@ class _Utterance:
     committed: list[int] = field(default_factory=list)
     commits: list[Commit] = field(default_factory=list)
     text: str = ""
-    agreed: tuple[str | None, list[int]] | None = None  # previous tick's (language, uncommitted tail)
+    heard: list[_Heard] = field(default_factory=list)  # recent ticks' tails, oldest first, for the agreement
     draft: list[int] = field(default_factory=list)  # what the last decode generated after the prompt's end
     partial_rev: int = 0
     partial_text: str | None = None
     decoded_samples: int = -1
     language_now: str | None = None
     speculation: _Decoded | None = None  # speculate()'s final decode, kept for finish(use_speculation=True)
+
+
+@dataclass(slots=True)
+class _Heard:
+    """What a tick decoded after the committed prefix, and how much audio it had heard."""
+
+    samples: int
+    language: str | None
+    tail: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +467,7 @@ class StreamingRecognizer:
         self.asr_text_id = self.decoder.token_id(ASR_TEXT)
         self.stop_ids = stop_ids(self.decoder)
         self.memory = DecoderMemory(streaming.memory_tokens, streaming.memory_utterances)
+        self._agreement_samples = streaming.agreement_ms * SAMPLE_RATE // 1000
         self._language, self._context = language, context
         self._utt: _Utterance | None = None
         self._kv = PrefixCache(self.decoder)
@@ -533,21 +546,19 @@ class StreamingRecognizer:
         utt.decoded_samples = n
         partial = None
         if dec.silent:
-            utt.agreed = None
+            utt.heard.clear()
             if dec.language == "":
                 utt.language_now = None
         else:
             tail = dec.text_ids
             limit = len(tail) - self.streaming.rollback_tokens
             if self.streaming.agreement:
-                prev = utt.agreed
-                agreed = common_prefix(prev[1], tail) if prev is not None and prev[0] == dec.language else 0
-                limit = min(limit, agreed)
+                limit = min(limit, self._agreed(n, dec.language, tail))
             k = self._word_boundary(tail, limit)
             commits += self._commit(tail[:k], dec.language, final=False)
             if utt.header_fixed:  # the next prompt ends with the committed ids: expect the rest again
                 utt.draft = tail[k:]
-            utt.agreed = (dec.language, tail[k:])
+            self._remember_heard(_Heard(n, dec.language, tail), k)
             utt.language_now = dec.language
             partial = self._partial(tail[k:], bool(commits))
         return Tick(commits, partial, utt.language_now, stats.freeze(t0))
@@ -747,6 +758,23 @@ class StreamingRecognizer:
         before = b"".join(self._piece(t) for t in ids[max(0, k - 4) : k])[-4:].decode("utf-8", "ignore")[-1:]
         return first.isspace() or _is_cjk(first) or _is_cjk(before)
 
+    def _agreed(self, n: int, language: str | None, tail: list[int]) -> int:
+        """How many leading tokens of `tail` the latest tick that heard `agreement_ms` less audio agrees on."""
+        ref = next((h for h in reversed(self._utt.heard) if h.samples <= n - self._agreement_samples), None)
+        return common_prefix(ref.tail, tail) if ref is not None and ref.language == language else 0
+
+    def _remember_heard(self, heard: _Heard, committed: int) -> None:
+        """Keep `heard` and the ticks a later agreement may still compare with, minus the `committed` tokens just
+        committed from heard.tail (a tick whose tail does not start with them disagrees with the commits: gone)."""
+        utt = self._utt
+        older = heard.samples - self._agreement_samples
+        refs = [h for h in utt.heard if h.samples > older]  # the latest at or before `older` serves the next tick too
+        refs[:0] = [h for h in utt.heard if h.samples <= older][-1:]
+        done = heard.tail[:committed]
+        utt.heard = [
+            _Heard(h.samples, h.language, h.tail[committed:]) for h in [*refs, heard] if h.tail[:committed] == done
+        ]
+
     def _commit(self, ids: list[int], language: str | None, final: bool) -> list[Commit]:
         utt = self._utt
         if not ids:
@@ -854,7 +882,7 @@ class StreamingRecognizer:
         utt.carry = list(blocks)
         utt.text_start = clip.text_start
         utt.clip = ClipEncoder(clip.exact, start=cut, text_start=len(utt.committed))
-        utt.agreed = None
+        utt.heard.clear()
         stats.add(rollovers=1)
         _LOGGER.info("long utterance: rolled over at %.1f s", cut / SAMPLE_RATE)
         return commits
