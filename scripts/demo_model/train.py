@@ -105,6 +105,7 @@ class Clips:
         assert self.tail_en == self.tail + self.header_en, "the language header must tokenize on its own"
         self.im_end = tok.convert_tokens_to_ids("<|im_end|>")
         self.blank = tok.convert_tokens_to_ids("<|audio_pad|>")
+        self.text_vocab = min(tok.all_special_ids)  # the BPE's own tokens come first, the specials after them
 
     def features(self, clips: list[int]) -> np.ndarray:
         return np.concatenate(
@@ -252,7 +253,15 @@ def batches(clips: Clips, rng: np.random.Generator, budget: int, mix: Mix, pool:
 
 
 def step_loss(
-    model, frontend, backend, clips: Clips, batch: list[dict], rng, ctc_weight: float = CTC_WEIGHT, specaug: float = 0.5
+    model,
+    frontend,
+    backend,
+    clips: Clips,
+    batch: list[dict],
+    rng,
+    ctc_weight: float = CTC_WEIGHT,
+    specaug: float = 0.5,
+    token_dropout: float = 0.0,
 ) -> tuple[torch.Tensor, float, float]:
     thinker = model.thinker
     embed = thinker.model.embed_tokens
@@ -283,8 +292,12 @@ def step_loss(
         audio = torch.cat(rows[k : k + n])
         k += n
         before = embed(torch.tensor(clips.head))
-        after_ids = s["tail"] + s["answer"][:-1]
-        after = embed(torch.tensor(after_ids))
+        after_ids = torch.tensor(s["tail"] + s["answer"][:-1])
+        if token_dropout:  # the text the decoder reads, not the fixed prompt: forces it to listen
+            text = torch.arange(len(after_ids)) >= len(clips.tail)
+            hit = text & (torch.rand(len(after_ids)) < token_dropout)
+            after_ids[hit] = torch.randint(0, clips.text_vocab, (int(hit.sum()),))
+        after = embed(after_ids)
         seqs.append(torch.cat([before, audio, after]))
         lab = torch.full((len(seqs[-1]),), -100, dtype=torch.long)
         n_ans = len(s["answer"])
@@ -330,6 +343,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--ctc-weight", type=float, default=CTC_WEIGHT)
     parser.add_argument("--specaug", type=float, default=0.5, help="probability of SpecAugment masks per piece")
+    parser.add_argument(
+        "--token-dropout",
+        type=float,
+        default=0.0,
+        help="fraction of the text tokens the decoder reads replaced by random ones (less running on the grammar)",
+    )
     parser.add_argument(
         "--mix", default="", help="change the sample mix (class Mix), e.g. single=0.25,long=0.3,long_current=4:11"
     )
@@ -381,7 +400,9 @@ def main() -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            loss, ce, ctc = step_loss(model, frontend, backend, clips, batch, rng, args.ctc_weight, args.specaug)
+            loss, ce, ctc = step_loss(
+                model, frontend, backend, clips, batch, rng, args.ctc_weight, args.specaug, args.token_dropout
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -407,6 +428,7 @@ def main() -> None:
                         "specaug": args.specaug,
                         "seed": args.seed,
                         "bf16": args.bf16,
+                        "token_dropout": args.token_dropout,
                         "mix": dataclasses.asdict(mix),
                         "init_from": str(args.init_from) if args.init_from else None,
                         "ce": round(avg[0], 4),
