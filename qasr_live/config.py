@@ -274,7 +274,7 @@ class StreamingConfig:
     )
     agreement: bool = _opt(True, "commit only text two partials agree on (LocalAgreement-2)")
     agreement_ms: int = _opt(
-        1000,
+        400,
         "the earlier of the two agreeing partials heard at least this much less audio (0 = the previous partial)",
         minimum=0,
         maximum=10000,

@@ -39,8 +39,8 @@ follow the header as assistant text). A tick commits the tail minus its last `ro
 a word boundary (the next token starts with whitespace, or the boundary touches a CJK character), and with
 `agreement: true` only what an earlier tick's tail agrees with (LocalAgreement-2): the latest tick that heard at
 least `agreement_ms` less audio. Comparing with a tick only a few hundred ms older lets a model that runs ahead
-of the audio (the likeliest continuation of a sentence it has not heard yet) agree with itself; with a second more
-audio the words actually spoken are there to contradict the guess. finish() commits the rest.
+of the audio (the likeliest continuation of a sentence it has not heard yet) agree with itself; with more
+audio between them the words actually spoken are there to contradict the guess. finish() commits the rest.
 Commits are append-only, and an utterance's commits concatenate to Final.text (the first one has its leading
 whitespace stripped, the last one its trailing whitespace).
 
