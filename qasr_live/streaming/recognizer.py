@@ -767,12 +767,13 @@ class StreamingRecognizer:
         """Keep `heard` and the ticks a later agreement may still compare with, minus the `committed` tokens just
         committed from heard.tail (a tick whose tail does not start with them disagrees with the commits: gone)."""
         utt = self._utt
-        older = heard.samples - self._agreement_samples
-        refs = [h for h in utt.heard if h.samples > older]  # the latest at or before `older` serves the next tick too
-        refs[:0] = [h for h in utt.heard if h.samples <= older][-1:]
+        older = heard.samples - self._agreement_samples  # the latest tick at or before it serves the next tick too
+        first = max((i for i, h in enumerate(utt.heard) if h.samples <= older), default=0)
         done = heard.tail[:committed]
         utt.heard = [
-            _Heard(h.samples, h.language, h.tail[committed:]) for h in [*refs, heard] if h.tail[:committed] == done
+            _Heard(h.samples, h.language, h.tail[committed:])
+            for h in [*utt.heard[first:], heard]
+            if h.tail[:committed] == done
         ]
 
     def _commit(self, ids: list[int], language: str | None, final: bool) -> list[Commit]:

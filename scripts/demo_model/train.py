@@ -293,7 +293,7 @@ def step_loss(
         k += n
         before = embed(torch.tensor(clips.head))
         after_ids = torch.tensor(s["tail"] + s["answer"][:-1])
-        if token_dropout:  # the text the decoder reads, not the fixed prompt: forces it to listen
+        if token_dropout:  # what the decoder reads after the user turn (header, text), not the prompt: listen
             text = torch.arange(len(after_ids)) >= len(clips.tail)
             hit = text & (torch.rand(len(after_ids)) < token_dropout)
             after_ids[hit] = torch.randint(0, clips.text_vocab, (int(hit.sum()),))
