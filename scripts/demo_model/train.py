@@ -72,13 +72,13 @@ def tokenizer_corpus(texts: list[str]) -> str:
     return "\n".join([header, *sorted(set(texts))])
 
 
-def build_initial_checkpoint(path: Path, texts: list[str]) -> None:
+def build_initial_checkpoint(path: Path, texts: list[str], spec: random_checkpoint.RandomModelSpec = SPEC) -> None:
     """The official config, processor and chat template with random weights (random_checkpoint), with the BPE
     trained on the grammar's sentences instead of its small default corpus."""
     original = random_checkpoint.build_tokenizer
     random_checkpoint.build_tokenizer = partial(original, corpus=tokenizer_corpus(texts))
     try:
-        random_checkpoint.build_random_checkpoint(path, SPEC)
+        random_checkpoint.build_random_checkpoint(path, spec)
     finally:
         random_checkpoint.build_tokenizer = original
 
@@ -341,6 +341,12 @@ def main() -> None:
     parser.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps")
     parser.add_argument("--init-from", type=Path, help="start from this checkpoint's weights (the second phase)")
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument(
+        "--conv-width",
+        type=int,
+        default=SPEC.downsample_hidden,
+        help="channels of the audio tower's convolutions (downsample_hidden) in a model built from scratch",
+    )
     parser.add_argument("--ctc-weight", type=float, default=CTC_WEIGHT)
     parser.add_argument("--specaug", type=float, default=0.5, help="probability of SpecAugment masks per piece")
     parser.add_argument(
@@ -364,7 +370,8 @@ def main() -> None:
     index = json.loads((args.data / "index.json").read_text())
     init = args.init_from or args.work / "init"
     if not (init / "model.safetensors").exists():
-        build_initial_checkpoint(init, [c["text"] for c in index if c["text"]])
+        spec = dataclasses.replace(SPEC, downsample_hidden=args.conv_width)
+        build_initial_checkpoint(init, [c["text"] for c in index if c["text"]], spec)
     _, model_cls, _ = official_classes()
     from transformers import AutoTokenizer
 
