@@ -344,8 +344,8 @@ def main() -> None:
     parser.add_argument(
         "--conv-width",
         type=int,
-        default=SPEC.downsample_hidden,
-        help="channels of the audio tower's convolutions (downsample_hidden) in a model built from scratch",
+        help=f"channels of the audio tower's convolutions (downsample_hidden, default {SPEC.downsample_hidden});"
+        " only for a model built from scratch",
     )
     parser.add_argument("--ctc-weight", type=float, default=CTC_WEIGHT)
     parser.add_argument("--specaug", type=float, default=0.5, help="probability of SpecAugment masks per piece")
@@ -370,13 +370,16 @@ def main() -> None:
     index = json.loads((args.data / "index.json").read_text())
     init = args.init_from or args.work / "init"
     if not (init / "model.safetensors").exists():
-        spec = dataclasses.replace(SPEC, downsample_hidden=args.conv_width)
+        spec = dataclasses.replace(SPEC, downsample_hidden=args.conv_width or SPEC.downsample_hidden)
         build_initial_checkpoint(init, [c["text"] for c in index if c["text"]], spec)
     _, model_cls, _ = official_classes()
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(init)
     model = model_cls.from_pretrained(str(init), dtype=torch.float32).train()
+    width = model.config.thinker_config.audio_config.downsample_hidden_size
+    if args.conv_width and args.conv_width != width:  # an existing init or --init-from decides the architecture
+        parser.error(f"--conv-width {args.conv_width}: {init} has {width} channels; drop it or use a new --work")
     clips = Clips(args.data, tok)
     print(f"{len(clips.index)} clips, vocabulary {len(tok)} tokens", flush=True)
     tower = model.thinker.audio_tower
