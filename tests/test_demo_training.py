@@ -79,9 +79,10 @@ def test_memory_pieces_are_encoded_as_context_without_gradients(trained, train):
     assert [r.requires_grad for r in rows] == [False, True, False]
 
     # A memory sample: the loss reaches the audio tower through the current piece only.
-    sample = {"pieces": [[int(clips.speech[0])], [int(clips.speech[1])]], "texts": [], "tail": clips.tail}
-    sample["texts"] = [clips.text(p) for p in sample["pieces"]]
-    sample["answer"] = [*clips.header_en, *clips.ids(" ".join(sample["texts"])), clips.im_end]
+    pieces = [[int(clips.speech[0])], [int(clips.speech[1])]]
+    texts = [clips.text(p) for p in pieces]
+    answer = [*clips.header_en, *clips.ids(" ".join(texts)), clips.im_end]
+    sample = {"pieces": pieces, "texts": texts, "tail": clips.tail, "answer": answer}
     rng = np.random.default_rng(0)
     loss, _, _ = train.step_loss(model, frontend, backend, clips, [sample], rng, specaug=0, memory_grad=False)
     loss.backward()

@@ -428,17 +428,9 @@ def main() -> None:
             g["lr"] = lr_at(step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             loss, ce, ctc = step_loss(
-                model,
-                frontend,
-                backend,
-                clips,
-                batch,
-                rng,
-                args.ctc_weight,
-                args.specaug,
-                args.token_dropout,
-                memory_grad=not args.no_memory_grad,
-            )
+                model, frontend, backend, clips, batch, rng, ctc_weight=args.ctc_weight, specaug=args.specaug,
+                token_dropout=args.token_dropout, memory_grad=not args.no_memory_grad,
+            )  # fmt: skip
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
