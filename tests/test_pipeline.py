@@ -13,17 +13,18 @@ from qasr_live.config import EngineConfig
 from qasr_live.engine.encoder import AudioEncoder, window_batch
 from qasr_live.engine.features import log_mel
 from qasr_live.engine.model_dir import open_model_dir
-from qasr_live.engine.pipeline import SEGMENT_ROLLBACK_TOKENS, Transcriber, segment_bounds
+from qasr_live.engine.pipeline import SEGMENT_ROLLBACK_TOKENS, Transcriber, is_pause, segment_bounds
 from qasr_live.engine.worker import EncoderWorker
 from qasr_live.errors import EncoderCrashed
 
 SR = 16000
 
 
-def noise_with_gaps(seconds: float, gaps: list[float], seed: int = 0) -> np.ndarray:
+def noise_with_gaps(seconds: float, gaps: list[float], seed: int = 0, level: float = 0.0) -> np.ndarray:
+    """Loud noise with 0.3 s stretches scaled by `level` (0: silence, i.e. pauses; 0.2: dips, still "speech")."""
     audio = np.random.default_rng(seed).standard_normal(int(seconds * SR)).astype(np.float32) * 0.2
     for g in gaps:
-        audio[int((g - 0.15) * SR) : int((g + 0.15) * SR)] = 0.0
+        audio[int((g - 0.15) * SR) : int((g + 0.15) * SR)] *= level
     return audio
 
 
@@ -35,6 +36,28 @@ def test_segments_tile_the_audio_and_cut_in_pauses():
     assert all(0 < (b - a) <= 30 * SR for a, b in bounds)
     cuts = [b / SR for _, b in bounds[:-1]]
     assert cuts == pytest.approx([27.4, 55.0, 83.1], abs=0.02)
+
+
+def test_cuts_land_mid_pause_over_a_noise_floor():
+    """A pause is rarely digital silence: over a faint noise floor (-50 dB) the cut still lands in the middle of
+    the pause, and `is_pause` tells it from a dip inside speech (-14 dB)."""
+    audio = noise_with_gaps(95.0, gaps=[27.4, 55.0, 83.1], level=0.003)
+    bounds = segment_bounds(len(audio), 30.0, audio)
+    cuts = [b for _, b in bounds[:-1]]
+    assert [c / SR for c in cuts] == pytest.approx([27.4, 55.0, 83.1], abs=0.05)
+    assert all(is_pause(audio, c) for c in cuts)
+    dips = noise_with_gaps(95.0, gaps=[27.4, 55.0, 83.1], level=0.2)
+    assert not any(is_pause(dips, b) for _, b in segment_bounds(len(dips), 30.0, dips)[:-1])
+
+
+def test_a_long_silence_is_a_pause():
+    """Speech level is measured over the segment before the cut, not only the seconds next to it, which may be
+    silent throughout."""
+    audio = noise_with_gaps(40.0, gaps=[])
+    audio[24 * SR : 32 * SR] = 0.0
+    (start, cut), _ = segment_bounds(len(audio), 30.0, audio)
+    assert 25 * SR < cut < 30 * SR
+    assert is_pause(audio, cut, start)
 
 
 def test_short_audio_is_one_segment():
@@ -56,16 +79,11 @@ def tiny_model(tiny_models):
     return open_model_dir(tiny_models["tied"], "fp32", "f32")
 
 
-def test_long_audio_uses_previous_segment_as_memory(tiny_model, monkeypatch):
-    """Three decoder segments: each later one is prefilled with the previous segment's rows and committed text,
-    and a non-final segment commits all but its last SEGMENT_ROLLBACK_TOKENS text tokens."""
+def record_decoding(transcriber: Transcriber, monkeypatch) -> tuple[list, list]:
+    """What the transcriber feeds its decoder (("rows", n) and ("tokens", ids)) and every generation's result."""
     from qasr_live.engine import pipeline
     from qasr_live.engine.generation import generate
-    from qasr_live.engine.prompt import prompt_tail
 
-    engine = EngineConfig(segment_seconds=5.0, max_new_tokens=12, repetition_guard=False, kv_cache_type="f32")
-    encoder = AudioEncoder(tiny_model.frontend, tiny_model.backend)
-    transcriber = Transcriber(tiny_model, engine, encoder)
     decoder = transcriber.decoder
     fed, generations = [], []
     real_tokens, real_rows = decoder.feed_tokens, decoder.feed_embeddings
@@ -85,7 +103,23 @@ def test_long_audio_uses_previous_segment_as_memory(tiny_model, monkeypatch):
         return generations[-1]
 
     monkeypatch.setattr(pipeline, "generate", recording_generate)
-    audio = noise_with_gaps(13.0, gaps=[4.6, 9.5])
+    return fed, generations
+
+
+SEGMENTED = EngineConfig(segment_seconds=5.0, max_new_tokens=12, repetition_guard=False, kv_cache_type="f32")
+
+
+def test_cut_inside_speech_uses_previous_segment_as_memory(tiny_model, monkeypatch):
+    """Three decoder segments cut inside speech (no pause near the boundaries): each later one is prefilled with
+    the previous segment's rows and committed text, and a non-final segment commits all but its last
+    SEGMENT_ROLLBACK_TOKENS text tokens."""
+    from qasr_live.engine.prompt import prompt_tail
+
+    encoder = AudioEncoder(tiny_model.frontend, tiny_model.backend)
+    transcriber = Transcriber(tiny_model, SEGMENTED, encoder)
+    decoder = transcriber.decoder
+    fed, generations = record_decoding(transcriber, monkeypatch)
+    audio = noise_with_gaps(13.0, gaps=[4.6, 9.5], level=0.2)
     result = transcriber.transcribe(audio, language="English")
 
     assert len(result.segments) == 3
@@ -103,11 +137,33 @@ def test_long_audio_uses_previous_segment_as_memory(tiny_model, monkeypatch):
     assert result.text == decoder.detokenize([t for c in committed for t in c]).strip()
     transcriber.close()
     # KV reuse changes nothing: the same segments, every prompt fed from position 0, give the same ids
-    fresh = Transcriber(tiny_model, engine, encoder)
+    fresh = Transcriber(tiny_model, SEGMENTED, encoder)
     real_feed = fresh._kv.feed
     monkeypatch.setattr(fresh._kv, "feed", lambda prompt: (fresh._kv.invalidate(), real_feed(prompt))[1])
     assert fresh.transcribe(audio, language="English").token_ids == result.token_ids
     fresh.close()
+
+
+def test_cut_in_a_pause_decodes_segments_independently(tiny_model, monkeypatch):
+    """The same audio with silent pauses at the cuts: every segment is prefilled with its own rows only and no
+    earlier text, and commits all it generates (no word spans a pause, so nothing needs re-generating)."""
+    from qasr_live.engine.prompt import prompt_tail
+
+    encoder = AudioEncoder(tiny_model.frontend, tiny_model.backend)
+    transcriber = Transcriber(tiny_model, SEGMENTED, encoder)
+    fed, generations = record_decoding(transcriber, monkeypatch)
+    audio = noise_with_gaps(13.0, gaps=[4.6, 9.5])
+    result = transcriber.transcribe(audio, language="English")
+
+    assert len(result.segments) == 3
+    own_rows = [encoder.encode(log_mel(audio[int(s.start * SR) : int(s.end * SR)])).shape[0] for s in result.segments]
+    assert [n for kind, n in fed if kind == "rows"] == own_rows
+    tail = transcriber.decoder.tokenize(prompt_tail("English"))
+    assert [ids for kind, ids in fed if kind == "tokens" and ids[: len(tail)] == tail] == [tail] * 3
+    assert all(len(g.tokens) > SEGMENT_ROLLBACK_TOKENS for g in generations)  # so a rollback would show
+    assert [s.text for s in result.segments] == [transcriber.decoder.detokenize(g.tokens).strip() for g in generations]
+    assert result.text == transcriber.decoder.detokenize([t for g in generations for t in g.tokens]).strip()
+    transcriber.close()
 
 
 def test_forced_length_ignores_end_of_sequence(tiny_model, monkeypatch):

@@ -1,10 +1,14 @@
 """Offline transcription of audio of any length: features -> encoder -> decoder, segment by segment.
 
-The encoder always attends within its 8 s windows. The decoder works on segments of `segment_seconds`, cut at
-the quietest 100 ms near each boundary. Every segment after the first sees the previous segment's audio rows
-and committed text as memory: the model continues that text over [previous audio + new audio]. The last
-`SEGMENT_ROLLBACK_TOKENS` tokens of a non-final segment are not committed; the next segment, which hears the
-same audio again, re-generates them, so a word cut by the boundary is neither lost nor repeated.
+The encoder always attends within its 8 s windows. The decoder works on segments of `segment_seconds`, cut in
+the middle of the longest quiet stretch near each boundary. A cut inside a pause (`is_pause`) splits no word:
+the segments on either side are decoded independently, as the official pipeline decodes its chunks, and each
+commits all its text. A cut inside speech gives the next segment the previous segment's audio rows and
+committed text as memory: the model continues that text over [previous audio + new audio]. The last
+`SEGMENT_ROLLBACK_TOKENS` tokens before such a cut are not committed; the next segment, which hears the same
+audio again, re-generates them, so a word cut by the boundary is neither lost nor repeated. Memory serves those
+cuts only: re-reading the previous audio invites a model to repeat or skip text at the join (measured:
+docs/demo-model.md, "Segment joins").
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ MIN_SECONDS = 0.5  # the official pipeline zero-pads shorter clips to this lengt
 SEGMENT_ROLLBACK_TOKENS = 5
 _SEARCH_SECONDS = 5.0
 _ENERGY_WINDOW = SAMPLE_RATE // 10
+PAUSE_SECONDS = 0.2  # longer than the gaps inside a sentence
+PAUSE_DB = 30.0  # below the speech level: silence or a faint noise floor, not a soft consonant
 
 
 def check_audio(audio: np.ndarray) -> np.ndarray:
@@ -52,8 +58,9 @@ def check_audio(audio: np.ndarray) -> np.ndarray:
 
 
 def segment_bounds(n_samples: int, segment_seconds: float, audio: np.ndarray | None = None) -> list[tuple[int, int]]:
-    """Sample ranges of at most `segment_seconds`, cut at the lowest-energy 100 ms window found in the last
-    `_SEARCH_SECONDS` (at most a quarter of a segment) before each nominal boundary."""
+    """Sample ranges of at most `segment_seconds`, cut in the middle of the longest quiet stretch (100 ms windows
+    within 10 dB of the quietest) in the last `_SEARCH_SECONDS` (at most a quarter of a segment) before each
+    nominal boundary."""
     seg = int(segment_seconds * SAMPLE_RATE)
     search = min(int(_SEARCH_SECONDS * SAMPLE_RATE), seg // 4)
     bounds, start = [], 0
@@ -61,14 +68,35 @@ def segment_bounds(n_samples: int, segment_seconds: float, audio: np.ndarray | N
         end = start + seg
         cut = end
         if audio is not None and search >= _ENERGY_WINDOW:
-            region = audio[end - search : end].astype(np.float64) ** 2
-            energy = np.convolve(region, np.ones(_ENERGY_WINDOW), mode="valid")
-            quietest = np.flatnonzero(energy <= energy.min() * 1.001 + 1e-12)
-            cut = end - search + int(quietest[len(quietest) // 2]) + _ENERGY_WINDOW // 2  # middle of a pause
+            energy = _window_power(audio[end - search : end])
+            # windows within 10 dB of the quietest (a noise floor varies); of their stretches the longest is the
+            # pause between sentences rather than a gap inside one, and its middle is farthest from the speech
+            quiet = np.concatenate(([False], energy <= energy.min() * 10 + 1e-12, [False]))
+            edges = np.flatnonzero(quiet[1:] != quiet[:-1])
+            starts, stops = edges[::2], edges[1::2]
+            longest = int(np.argmax(stops - starts))
+            cut = end - search + (starts[longest] + stops[longest] - 1) // 2 + _ENERGY_WINDOW // 2
         bounds.append((start, cut))
         start = cut
     bounds.append((start, n_samples))
     return bounds
+
+
+def is_pause(audio: np.ndarray, at: int, start: int = 0) -> bool:
+    """Whether the `PAUSE_SECONDS` around sample `at` are at least `PAUSE_DB` quieter than the speech of
+    audio[start:at] (the 90th percentile of its 100 ms windows)."""
+    half = int(PAUSE_SECONDS * SAMPLE_RATE) // 2
+    if at - start < 2 * _ENERGY_WINDOW or at + half > len(audio) or at - half < 0:
+        return False
+    level = np.percentile(_window_power(audio[start:at]), 90)
+    quiet = np.mean(audio[at - half : at + half].astype(np.float64) ** 2)
+    return bool(quiet <= level * 10 ** (-PAUSE_DB / 10))
+
+
+def _window_power(audio: np.ndarray) -> np.ndarray:
+    """Mean power of every 100 ms window (one per start sample)."""
+    total = np.concatenate(([0.0], np.cumsum(audio.astype(np.float64) ** 2)))
+    return (total[_ENERGY_WINDOW:] - total[:-_ENERGY_WINDOW]) / _ENERGY_WINDOW
 
 
 @dataclass(slots=True)
@@ -156,7 +184,8 @@ class Transcriber:
         all_ids: list[int] = []
         committed: list[int] = []
         for index, (a, b) in enumerate(bounds):
-            final = index == len(bounds) - 1
+            # a cut in a pause splits no word: commit everything, and decode the next segment on its own
+            closed = index == len(bounds) - 1 or is_pause(audio, b, a)
             t0 = time.perf_counter()
             rows = self.encoder.encode(log_mel(audio[a:b]))
             stats.encoder_seconds += time.perf_counter() - t0
@@ -166,7 +195,7 @@ class Transcriber:
             all_ids += generated
             if detected is None and seg_language:
                 detected = seg_language
-            keep = text_ids if final else text_ids[: max(0, len(text_ids) - SEGMENT_ROLLBACK_TOKENS)]
+            keep = text_ids if closed else text_ids[: max(0, len(text_ids) - SEGMENT_ROLLBACK_TOKENS)]
             committed += keep
             segment = Segment(
                 a / SAMPLE_RATE,
@@ -176,7 +205,7 @@ class Transcriber:
             segments.append(segment)
             if on_segment is not None:
                 on_segment(segment)
-            memory = _Memory(rows, tuple(keep)) if seg_language != "" else _Memory()
+            memory = _Memory() if closed or seg_language == "" else _Memory(rows, tuple(keep))
         stats.wall_seconds = time.perf_counter() - t_start
         text = self.decoder.detokenize(committed).strip()
         return Transcript(text=text, language=detected or None, segments=segments, token_ids=all_ids, stats=stats)
