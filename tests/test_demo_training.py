@@ -18,7 +18,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts" / "demo_model"
-MIX = "single=0.2,several=0.2,long=0.3,long_memory=1:3,long_current=1:3"  # most samples carry a memory
+MIX = "single=0.2,several=0.2,long=0.3,long_memory=1:2+2:3,long_current=1:3"  # most samples carry a memory
 
 
 def script(name: str, *args: object) -> subprocess.CompletedProcess:
@@ -34,7 +34,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     assert done.returncode == 0, done.stderr
     done = script(
         "train.py", "--data", work / "data", "--work", work / "run", "--steps", 3, "--warmup", 1, "--save-every", 2,
-        "--threads", 1, "--no-memory-grad", "--token-dropout", 0.1, "--mix", MIX,
+        "--threads", 1, "--no-memory-grad", "--token-dropout", 0.1, "--mix", MIX, "--average-from", 1,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return work / "data", work / "run" / "checkpoint"
@@ -55,7 +55,9 @@ def test_training_checkpoints_its_recipe(trained):
     state = json.loads((checkpoint / "train_state.json").read_text())
     assert state["step"] == 3 and state["schedule_steps"] == 3
     assert state["memory_grad"] is False and state["token_dropout"] == 0.1
-    assert state["mix"]["long"] == 0.3 and state["data"] == str(data)
+    assert state["averaged_steps"] == 2  # steps 1 and 2 (from 0) in the saved mean
+    assert state["mix"]["long"] == 0.3 and state["mix"]["long_memory"] == [[1, 2], [2, 3]]
+    assert state["data"] == str(data)
     assert np.isfinite(state["ce"]) and np.isfinite(state["ctc"])
     assert (checkpoint / "model.safetensors").stat().st_size > 0 and (checkpoint / "tokenizer_config.json").exists()
 
@@ -96,3 +98,15 @@ def test_conv_width_that_contradicts_the_starting_checkpoint_is_an_error(trained
     )
     assert done.returncode == 2
     assert "--conv-width 16" in done.stderr and "32 channels" in done.stderr
+
+
+def test_long_samples_take_their_memory_from_either_range(trained, train):
+    from transformers import AutoTokenizer
+
+    data, checkpoint = trained
+    clips = train.Clips(data, AutoTokenizer.from_pretrained(checkpoint))
+    mix = train.Mix(single=0, several=0, long=1.0, long_memory=((1, 2), (4, 5)), long_current=((2, 3),))
+    rng = np.random.default_rng(0)
+    samples = [train.make_sample(clips, rng, mix) for _ in range(40)]
+    assert {len(s["pieces"][0]) for s in samples} == {1, 4}
+    assert {len(s["pieces"][1]) for s in samples} == {2}

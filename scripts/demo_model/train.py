@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -123,8 +124,8 @@ class Mix:
     single: float = 0.45
     several: float = 0.13
     long: float = 0.05  # the rest has memory
-    long_memory: tuple[int, int] = (0, 5)  # clips, [low, high)
-    long_current: tuple[int, int] = (3, 7)
+    long_memory: tuple[tuple[int, int], ...] = ((0, 5),)  # clips, [low, high) in one of the ranges, picked at random
+    long_current: tuple[tuple[int, int], ...] = ((3, 7),)
     streaming: float = 0.0  # of the memory samples: committed text that reaches into the current audio
 
 
@@ -133,6 +134,10 @@ MAIN = Mix()
 
 def make_sample(clips: Clips, rng: np.random.Generator, mix: Mix = MAIN) -> dict:
     """One training sample: pieces of audio (memory, current) and the token layout around them."""
+
+    def count(ranges: tuple[tuple[int, int], ...]) -> int:
+        low, high = ranges[int(rng.integers(len(ranges)))] if len(ranges) > 1 else ranges[0]
+        return int(rng.integers(low, high))
 
     def pick(n: int, silent_p: float = 0.0) -> list[int]:
         if len(clips.silent) and rng.random() < silent_p:
@@ -147,7 +152,7 @@ def make_sample(clips: Clips, rng: np.random.Generator, mix: Mix = MAIN) -> dict
     elif r < 1.0 - mix.long:  # memory of a previous utterance
         memory, current = pick(int(rng.integers(1, 3))), pick(int(rng.integers(1, 3)), 0.12)
     else:  # long: towards the 30 s segments of offline transcription
-        memory, current = pick(int(rng.integers(*mix.long_memory))), pick(int(rng.integers(*mix.long_current)))
+        memory, current = pick(count(mix.long_memory)), pick(count(mix.long_current))
     cur_text = clips.text(current)
     if not memory:
         answer = (clips.header_en + clips.ids(cur_text)) if cur_text else clips.header_none
@@ -333,10 +338,12 @@ def save(model, init: Path, dst: Path) -> None:
     tmp.rename(dst)
 
 
-def _mix_value(item: str) -> tuple[str, float | tuple[int, int]]:
-    """`name=0.2` (a fraction) or `name=3:7` (a clip-count range [low, high))."""
+def _mix_value(item: str) -> tuple[str, float | tuple[tuple[int, int], ...]]:
+    """`name=0.2` (a fraction), `name=3:7` (a clip-count range [low, high)) or `name=0:3+5:11` (either range)."""
     name, value = item.split("=")
-    return name, tuple(int(v) for v in value.split(":")) if ":" in value else float(value)
+    if ":" not in value:
+        return name, float(value)
+    return name, tuple(tuple(int(v) for v in r.split(":")) for r in value.split("+"))
 
 
 def main() -> None:
@@ -373,7 +380,15 @@ def main() -> None:
         " reported): about 10 %% cheaper steps with 35 %% long samples, but the encoder learns from less audio",
     )
     parser.add_argument(
-        "--mix", default="", help="change the sample mix (class Mix), e.g. single=0.25,long=0.3,long_current=4:11"
+        "--mix",
+        default="",
+        help="change the sample mix (class Mix), e.g. single=0.3,long=0.3,long_current=4:11,long_memory=0:3+5:11",
+    )
+    parser.add_argument(
+        "--average-from",
+        type=int,
+        help="save the running mean of the weights from this step on (torch.optim.swa_utils.AveragedModel), not the"
+        " last step's weights",
     )
     parser.add_argument(
         "--bf16", action="store_true", help="bfloat16 autocast: 1.5x faster where the CPU has avx512_bf16 or AMX"
@@ -420,6 +435,7 @@ def main() -> None:
 
     t0 = time.time()
     avg = None
+    averaged = None  # AveragedModel from --average-from on
     last = min(args.steps, args.stop_after or args.steps) - 1
     for step, batch in enumerate(batches(clips, rng, args.budget, mix)):
         if step > last:
@@ -435,6 +451,10 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if args.average_from is not None and step >= args.average_from:
+            if averaged is None:
+                averaged = AveragedModel(model)
+            averaged.update_parameters(model)
         avg = (ce, ctc) if avg is None else (0.98 * avg[0] + 0.02 * ce, 0.98 * avg[1] + 0.02 * ctc)
         if step % 20 == 0 or step == last:
             print(
@@ -443,7 +463,7 @@ def main() -> None:
                 flush=True,
             )
         if (step + 1) % args.save_every == 0 or step == last:
-            save(model.eval(), init, args.work / "checkpoint")
+            save((model if averaged is None else averaged.module).eval(), init, args.work / "checkpoint")
             model.train()
             (args.work / "checkpoint" / "train_state.json").write_text(
                 json.dumps(
@@ -460,6 +480,7 @@ def main() -> None:
                         "memory_grad": not args.no_memory_grad,
                         "mix": dataclasses.asdict(mix),
                         "init_from": str(args.init_from) if args.init_from else None,
+                        "averaged_steps": 0 if averaged is None else int(averaged.n_averaged),
                         "ce": round(avg[0], 4),
                         "ctc": round(avg[1], 4),
                         "seconds": round(time.time() - t0),
