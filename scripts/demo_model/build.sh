@@ -6,9 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 work="${WORK:-/tmp/demo_model_work}"
 mkdir -p "$work"
-# glibc returns a step's freed buffers to the kernel and faults them in again at the next one; keeping them makes
-# a step about 15 % cheaper on 2 cores (50 -> 42 s for 40 steps of phase A, the same losses to the last digit)
-export MALLOC_MMAP_THRESHOLD_=1000000000000 MALLOC_TRIM_THRESHOLD_=1000000000000 MALLOC_TOP_PAD_=1000000000
+# tcmalloc instead of glibc's malloc: a training step is many small tensor operations, and glibc hands their
+# buffers back to the kernel and faults them in again; 120 steps of R13's phase A took 101 s instead of 156 s
+# (the same losses to the last digit; docs/demo-model.md, "The day's host")
+tcmalloc="$(ldconfig -p | awk '/libtcmalloc_minimal\.so\.4 /{print $NF; exit}')"
+[ -n "$tcmalloc" ] || { echo "libtcmalloc-minimal4 is missing: run scripts/install.sh" >&2; exit 1; }
+export LD_PRELOAD="$tcmalloc${LD_PRELOAD:+:$LD_PRELOAD}"
 [ -f "$work/data/index.json" ] || python3 scripts/demo_model/data.py --out "$work/data" --n 18000
 [ -f "$work/data_clean/index.json" ] || python3 scripts/demo_model/data.py --out "$work/data_clean" --n 9000 --clean
 # Phase 1: augmented data, CTC weight 0.4, the first 1000 steps of a 2200-step cosine schedule.
