@@ -136,6 +136,7 @@ def make_sample(clips: Clips, rng: np.random.Generator, mix: Mix = MAIN) -> dict
     """One training sample: pieces of audio (memory, current) and the token layout around them."""
 
     def count(ranges: tuple[tuple[int, int], ...]) -> int:
+        # one range draws no number to pick it, so recipes written before ranges could be several stay bit-exact
         low, high = ranges[int(rng.integers(len(ranges)))] if len(ranges) > 1 else ranges[0]
         return int(rng.integers(low, high))
 
