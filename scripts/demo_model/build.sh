@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the demo model end to end on a CPU: data (espeak-ng), two training phases (78 to 114 minutes on 2
+# Rebuild the demo model end to end on a CPU: data (espeak-ng), two training phases (78 to 112 minutes on 2
 # cores, by host), export into qasr_live/models/demo, evaluation. See docs/demo-model.md for the recipe and the
 # measured figures.
 #   WORK=/tmp/demo_model_work bash scripts/demo_model/build.sh
