@@ -11,10 +11,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qasr_live import __version__
-from qasr_live.errors import QasrError
+from qasr_live.errors import EXIT_INTERRUPTED, QasrError
 
 _LOGGER = logging.getLogger("qasr_live")
-EXIT_USER_ERROR = 2
+EXIT_CODES = """exit status:
+  0    success
+  1    internal error (a bug: please report it with the traceback)
+  2    usage: a bad option, config.yaml, input file or message
+  3    model: the model directory is missing, incomplete or corrupt, or llama.cpp/the encoder refused it
+  4    device: the microphone cannot be found, opened or kept running
+  5    another daemon already runs on the same runtime directory (control.runtime_dir)
+  130  interrupted (Ctrl+C)"""
 DEMO_MODEL = Path(__file__).parent / "models" / "demo"
 
 
@@ -178,7 +185,12 @@ def cmd_install_service(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qasr-live", description="Local dictation and transcription on Qwen3-ASR.")
+    parser = argparse.ArgumentParser(
+        prog="qasr-live",
+        description="Local dictation and transcription on Qwen3-ASR.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"qasr-live {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (includes llama.cpp's)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -203,7 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="replace OUT_MODEL_DIR if it exists")
     e.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("serve", help="run the dictation daemon (microphone -> text typed and published)")
+    s = sub.add_parser(
+        "serve",
+        help="run the dictation daemon (microphone -> text typed and published)",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("--config", type=Path, help="config.yaml (default: ~/.config/qasr-live/config.yaml)")
     s.add_argument("--model", help="exported model directory (overrides model.dir)")
     s.add_argument("--language", help="force the language, e.g. English (default: detect)")
@@ -248,9 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except QasrError as e:
         print(f"qasr-live: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return e.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

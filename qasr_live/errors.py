@@ -1,12 +1,31 @@
 """The one exception hierarchy of qasr-live.
 
-Every error a user can cause (bad config, bad model directory, bad audio file) is a ``QasrError`` whose message
-names the problem *and* the fix; the CLI prints it without a traceback and exits with status 2.
+Every error a user can cause (bad config, bad model directory, bad audio file, a busy microphone) is a
+``QasrError`` whose message names the problem *and* the fix; the CLI prints it in one line, without a traceback,
+and exits with the class's ``exit_code``:
+
+====  ==========================================================================================
+   1  an internal error (a bug): printed with its traceback
+   2  usage: a bad option, config.yaml, input file or message (``ConfigError``, ``AudioError``, ...)
+   3  the model: a missing, incomplete or corrupt model directory, or llama.cpp / the encoder refusing it
+   4  a device: the microphone cannot be opened or fails
+   5  another daemon already runs on the same runtime directory
+ 130  interrupted (Ctrl+C)
+====  ==========================================================================================
 """
+
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_MODEL = 3
+EXIT_DEVICE = 4
+EXIT_ALREADY_RUNNING = 5
+EXIT_INTERRUPTED = 130
 
 
 class QasrError(Exception):
     """Base class: a problem the user can fix, described in the message."""
+
+    exit_code = EXIT_USAGE
 
 
 class ConfigError(QasrError):
@@ -16,22 +35,40 @@ class ConfigError(QasrError):
 class ModelError(QasrError):
     """An exported model directory is missing, incomplete, corrupt or inconsistent."""
 
+    exit_code = EXIT_MODEL
+
+
+class DecoderError(ModelError):
+    """llama.cpp refused to load the decoder or to evaluate a batch."""
+
+
+class EncoderCrashed(ModelError):
+    """The encoder subprocess died; the caller may restart it and re-encode from retained audio."""
+
 
 class AudioError(QasrError):
     """An audio file cannot be read or holds no usable samples."""
+
+
+class AudioDeviceError(AudioError):
+    """An audio input device cannot be found, opened or kept running; the message says what to try."""
+
+    exit_code = EXIT_DEVICE
 
 
 class ExportError(QasrError):
     """A source checkpoint cannot be exported."""
 
 
-class EncoderCrashed(QasrError):
-    """The encoder subprocess died; the caller may restart it and re-encode from retained audio."""
-
-
-class DecoderError(QasrError):
-    """llama.cpp refused to load the decoder or to evaluate a batch."""
-
-
 class ProtocolError(QasrError):
     """A WebSocket or ctl message is malformed or not allowed."""
+
+
+class AlreadyRunning(QasrError):
+    """Another daemon holds the runtime directory's single-instance lock."""
+
+    exit_code = EXIT_ALREADY_RUNNING
+
+
+class DaemonNotRunning(QasrError):
+    """No daemon answers on the ctl socket."""

@@ -15,14 +15,18 @@ files to rotate them.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import secrets
 import stat
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from qasr_live.errors import ConfigError
+from qasr_live.errors import AlreadyRunning, ConfigError
 
 __all__ = ["RuntimeFiles", "Tokens", "resolve_runtime_dir", "write_private"]
 
@@ -89,6 +93,40 @@ class RuntimeFiles:
     @property
     def pid_file(self) -> Path:
         return self.dir / "pid"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.dir / "ctl.lock"
+
+    @contextlib.contextmanager
+    def instance_lock(self) -> Iterator[None]:
+        """Hold the single-instance lock (an exclusive ``flock``; the kernel drops it however the daemon dies), or
+        raise ``AlreadyRunning`` naming the other daemon. Taken before anything is loaded, so a second daemon
+        fails at once."""
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise self._already_running() from None
+            raise
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock; the file stays (removing it would race with a starter)
+
+    def _already_running(self) -> AlreadyRunning:
+        pid = ""
+        with contextlib.suppress(OSError, ValueError):
+            pid = f" (pid {int(self.lock_file.read_text().split()[0])})"
+        return AlreadyRunning(
+            f"another qasr-live daemon is already running{pid} on {self.ctl_socket}; stop it first "
+            "(`systemctl --user stop qasr-live`, or end that process), or give this one another "
+            "control.runtime_dir"
+        )
 
     def tokens(self) -> Tokens:
         """The WebSocket tokens, made on first use."""
