@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -32,11 +31,11 @@ from typing import Any
 import numpy as np
 
 from qasr_live import __version__
-from qasr_live.audio.vad import NoSpeech, SpeechAudio, SpeechEnd, SpeechStart, VadOptions, VadSegmenter, trim
+from qasr_live.audio.vad import NoSpeech, SpeechAudio, SpeechEnd, SpeechStart, VadSegmenter, trim
 from qasr_live.config import AppConfig
 from qasr_live.engine.features import SAMPLE_RATE
 from qasr_live.engine.model_dir import ModelDir
-from qasr_live.errors import ConfigError, QasrError
+from qasr_live.errors import QasrError
 from qasr_live.outputs.events import (
     CommitEvent,
     ErrorEvent,
@@ -52,15 +51,6 @@ from qasr_live.runtime import RuntimeFiles
 from qasr_live.service import notify
 
 _LOGGER = logging.getLogger(__name__)
-
-
-def vad_options(cfg: AppConfig) -> VadOptions:
-    """The VAD tuning of config.yaml; inconsistent values are config errors naming the keys."""
-    v = cfg.vad
-    try:
-        return VadOptions(**{f.name: getattr(v, f.name) for f in dataclasses.fields(VadOptions)})
-    except ValueError as e:
-        raise ConfigError(f"vad: {e}; fix the vad section of config.yaml") from None
 
 
 @dataclass(slots=True)
@@ -94,7 +84,7 @@ class Daemon:
         self.model = model
         self.runtime = runtime
         self.mode = cfg.trigger.mode
-        self.vad = vad_options(cfg)
+        self.vad = cfg.vad
         self.session_id = uuid.uuid4().hex[:12]
         self._recognizer_thread = ThreadPoolExecutor(1, thread_name_prefix="qasr-recognizer")
         self._typing_thread = ThreadPoolExecutor(1, thread_name_prefix="qasr-typing")

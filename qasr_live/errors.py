@@ -35,3 +35,7 @@ class DecoderError(QasrError):
 
 class ProtocolError(QasrError):
     """A WebSocket or ctl message is malformed or not allowed."""
+
+
+class AudioDeviceError(AudioError):
+    """An input device cannot be found (missing, ambiguous name) or opened."""
