@@ -170,7 +170,7 @@ def cmd_history(args) -> int:
 
 
 def cmd_devices(args) -> int:
-    from qasr_live.audio.capture import list_input_devices
+    from qasr_live.audio.devices import list_input_devices
 
     for device in list_input_devices():
         print(device.describe())

@@ -207,7 +207,12 @@ class AudioConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VadConfig:
-    """Voice-activity detection: when an utterance starts and ends."""
+    """Voice-activity detection: when an utterance starts and ends.
+
+    Also the option set of :class:`~qasr_live.audio.vad.VadSegmenter` and ``trim()``, which take it as it is;
+    code builds it directly, so construction validates it like config.yaml does: each key against its bounds,
+    then the rules across keys, each failure a :class:`~qasr_live.errors.ConfigError` naming the keys.
+    """
 
     aggressiveness: int = _opt(
         2, "webrtcvad mode: 0 keeps the most audio, 3 rejects the most non-speech", choices=(0, 1, 2, 3)
@@ -222,6 +227,14 @@ class VadConfig:
         30.0, "longest utterance; longer speech is cut at its deepest recent pause", minimum=2, maximum=300
     )
     rms_floor_dbfs: float = _opt(-55.0, "quieter audio is never speech (dBFS)", minimum=-120, maximum=0)
+
+    def __post_init__(self) -> None:
+        _check_section("vad", self)
+        if self.start_ms > self.start_window_ms:
+            raise ConfigError(
+                f"vad.start_ms ({self.start_ms}) must not exceed vad.start_window_ms ({self.start_window_ms}): "
+                "the start condition could never be met"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -452,6 +465,14 @@ def _check_value(value: Any, annotation: Any, spec: Spec) -> tuple[Any, str | No
     return value, None
 
 
+def _check_section(name: str, section: Any) -> None:
+    """Validate every key of a section dataclass made in code (no file, no line); raises :class:`ConfigError`."""
+    for key, (annotation, spec) in _keys(type(section)).items():
+        _, problem = _check_value(getattr(section, key), annotation, spec)
+        if problem is not None:
+            raise ConfigError(f"{name}.{key}: {problem} ({spec.help})")
+
+
 def _fail(where: str, dotted: str, problem: str, spec: Spec | None = None) -> ConfigError:
     suffix = f" ({spec.help})" if spec is not None else ""
     return ConfigError(f"{where}: {dotted}: {problem}{suffix}")
@@ -543,7 +564,10 @@ def _parse_section(name: str, cls: type, node: yaml.Node, source: str) -> Any:
         if problem is not None:
             raise _fail(f"{source}:{_line(value_node)}", dotted, problem, spec)
         values[key] = value
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as exc:  # a rule across keys (each key alone passed above): point at the section
+        raise ConfigError(f"{source}:{_line(node)}: {exc}") from None
 
 
 def _node_kind(node: yaml.Node) -> str:
@@ -622,5 +646,11 @@ def with_overrides(
         if problem is not None:
             raise _fail(where, dotted, problem, spec)
         changes.setdefault(name, {})[key] = value
-    replaced = {name: dataclasses.replace(getattr(cfg, name), **kv) for name, kv in changes.items()}
+    replaced: dict[str, Any] = {}
+    for name, kv in changes.items():
+        try:
+            replaced[name] = dataclasses.replace(getattr(cfg, name), **kv)
+        except ConfigError as exc:  # a rule across keys of the section, broken by these overrides
+            origin = ", ".join(dict.fromkeys((sources or {}).get(f"{name}.{key}", "override") for key in kv))
+            raise ConfigError(f"{origin}: {exc}") from None
     return dataclasses.replace(cfg, **replaced)

@@ -24,17 +24,13 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from qasr_live.audio.capture import (
-    AudioDeviceError,
-    InputDevice,
-    MicrophoneSource,
-    StreamResampler,
-    find_input_device,
-    list_input_devices,
-)
+from qasr_live.audio.capture import MicrophoneSource
+from qasr_live.audio.devices import InputDevice, find_input_device, list_input_devices
 from qasr_live.audio.files import load_audio
+from qasr_live.audio.resample import StreamResampler
 from qasr_live.audio.sources import FileSource, StdinSource, open_source
 from qasr_live.config import AudioConfig
+from qasr_live.errors import AudioDeviceError
 from tests.pulse import PulseAudio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -609,7 +605,7 @@ def test_microphone_open_close_cycles_release_the_device(pulse, report):
 def test_microphone_overruns_are_counted_and_logged(pulse, caplog):
     """A consumer that stops reading: blocks beyond max_queue_s are dropped, counted and logged; the clock
     counts only delivered samples and delivery resumes."""
-    caplog.set_level(logging.WARNING, logger="qasr_live.audio.sources")
+    caplog.set_level(logging.WARNING, logger="qasr_live.audio.source")
 
     async def main():
         src = MicrophoneSource(pulse.device_name, reopen_after_silence_s=0, max_queue_s=0.15)

@@ -23,14 +23,15 @@ from qasr_live.audio.vad import (
     SpeechEnd,
     SpeechStart,
     VadEvent,
-    VadOptions,
     VadSegmenter,
     trim,
 )
+from qasr_live.config import VadConfig
+from qasr_live.errors import ConfigError
 
 SR = 16000
 MS = SR // 1000
-DEFAULT = VadOptions()
+DEFAULT = VadConfig()
 FRAME = DEFAULT.frame_ms * MS
 PRE_ROLL = DEFAULT.pre_roll_ms * MS
 HANGOVER = DEFAULT.hangover_ms * MS
@@ -97,12 +98,12 @@ def _utterances(events: list[VadEvent], x: np.ndarray) -> list[Utt]:
     return out
 
 
-def _run(x: np.ndarray, options: VadOptions | None = None) -> list[VadEvent]:
+def _run(x: np.ndarray, options: VadConfig | None = None) -> list[VadEvent]:
     seg = VadSegmenter(options)
     return seg.feed(x) + seg.flush()
 
 
-def _segments(x: np.ndarray, options: VadOptions | None = None) -> list[Utt]:
+def _segments(x: np.ndarray, options: VadConfig | None = None) -> list[Utt]:
     return _utterances(_run(x, options), x)
 
 
@@ -163,7 +164,7 @@ def test_noise_below_rms_floor_gives_nothing():
     x = _at_peak_frame_dbfs(band, -60)
     assert _run(x) == []
     # webrtcvad alone calls this noise speech: the RMS floor is what keeps it out
-    assert any(isinstance(e, SpeechStart) for e in _run(x, VadOptions(rms_floor_dbfs=float("-inf"))))
+    assert any(isinstance(e, SpeechStart) for e in _run(x, VadConfig(rms_floor_dbfs=-120.0)))
 
 
 def test_quiet_speech_below_rms_floor_is_ignored(say):
@@ -171,7 +172,7 @@ def test_quiet_speech_below_rms_floor_is_ignored(say):
     x = np.concatenate([np.zeros(SR, np.int16), quiet, np.zeros(SR, np.int16)])
     assert _run(x) == []
     # a distant voice is still speech to webrtcvad; only the floor keeps it out
-    utts = _segments(x, VadOptions(rms_floor_dbfs=float("-inf")))
+    utts = _segments(x, VadConfig(rms_floor_dbfs=-120.0))
     assert [u.kind for u in utts] == ["speech"]
 
 
@@ -180,7 +181,7 @@ def test_click_does_not_pass_start_hysteresis():
     x[SR : SR + 5 * MS] = 20000 * np.sign(np.sin(np.arange(5 * MS)))
     assert _run(x) == []
     # the click is voiced for webrtcvad: with a one-frame start condition it would open an utterance
-    utts = _segments(x, VadOptions(start_ms=30))
+    utts = _segments(x, VadConfig(start_ms=30))
     assert [u.kind for u in utts] == ["nospeech"]
 
 
@@ -195,7 +196,7 @@ def test_short_burst_is_reported_as_no_speech(say):
     utts = _utterances(events, x)
     assert [u.kind for u in utts] == ["nospeech"]
     # the same burst is an utterance when no minimum applies: NoSpeech is min_speech_ms at work
-    assert [u.kind for u in _segments(x, VadOptions(min_speech_ms=0))] == ["speech"]
+    assert [u.kind for u in _segments(x, VadConfig(min_speech_ms=0))] == ["speech"]
 
 
 # -- utterance boundaries --------------------------------------------------------------------------------------
@@ -286,7 +287,7 @@ def test_pause_shorter_than_hangover_gives_one_utterance(say):
     (u,) = _segments(x)
     assert u.kind == "speech" and u.start < SR and u.end > SR + len(a) + gap + len(b)
     # the pause is a real pause: with a shorter hangover the same audio splits in two
-    assert len(_segments(x, VadOptions(hangover_ms=200))) == 2
+    assert len(_segments(x, VadConfig(hangover_ms=200))) == 2
 
 
 # -- max length ------------------------------------------------------------------------------------------------
@@ -316,7 +317,7 @@ def _continuous_stream(say, seconds: float = 40.0, seed: int = 7):
 
 def test_max_length_cuts_inside_pauses_without_losing_audio(say):
     x, gaps, onset, offset = _continuous_stream(say)
-    opts = VadOptions(max_utterance_s=10)
+    opts = VadConfig(max_utterance_s=10)
     events = _run(x, opts)
     utts = _utterances(events, x)
     assert len(utts) >= 4
@@ -340,7 +341,7 @@ def test_max_length_cut_on_speech_without_pauses():
     voice = 6000 * np.sin(2 * np.pi * 150 * t) * (1 + 0.5 * np.sin(2 * np.pi * 4 * t))
     voice += 2000 * np.sin(2 * np.pi * 700 * t)
     x = np.concatenate([np.zeros(SR, np.int16), voice.astype(np.int16), np.zeros(2 * SR, np.int16)])
-    utts = _segments(x, VadOptions(max_utterance_s=8))
+    utts = _segments(x, VadConfig(max_utterance_s=8))
     assert [u.reason for u in utts] == ["max_length"] * (len(utts) - 1) + ["silence"] and len(utts) >= 3
     assert all(u.end - u.start <= 8 * SR for u in utts)
     assert all(a.end == b.start for a, b in itertools.pairwise(utts))
@@ -352,7 +353,7 @@ def test_max_length_cut_goes_to_the_middle_of_the_pause():
     hole = slice(7 * SR, 7 * SR + 400 * MS)  # digital silence, shorter than the hangover
     voice[hole] = 0
     x = np.concatenate([np.zeros(SR, np.int16), voice, np.zeros(2 * SR, np.int16)])
-    utts = _segments(x, VadOptions(max_utterance_s=8))
+    utts = _segments(x, VadConfig(max_utterance_s=8))
     assert [u.reason for u in utts] == ["max_length", "silence"]
     # every 100 ms window in the hole is equally (perfectly) quiet: the cut goes to its middle, not its edge
     middle = SR + hole.start + 200 * MS
@@ -362,7 +363,7 @@ def test_max_length_cut_goes_to_the_middle_of_the_pause():
 def test_hangover_never_carries_an_utterance_past_max_length():
     # tones whose hangover ends right around the limit; a limit off the frame grid (4.01 s) makes the utterance's
     # length cross it inside a frame, where the hangover may complete before a cut would be due
-    opts = VadOptions(max_utterance_s=4.01)
+    opts = VadConfig(max_utterance_s=4.01)
     limit = round(4.01 * SR)
     t = np.arange(5 * SR) / SR
     tone = (6000 * np.sin(2 * np.pi * 150 * t) + 2000 * np.sin(2 * np.pi * 700 * t)).astype(np.int16)
@@ -380,7 +381,7 @@ def test_hangover_never_carries_an_utterance_past_max_length():
 
 def test_random_block_sizes_give_identical_events(say):
     x, _, _, _ = _continuous_stream(say, seconds=25, seed=3)
-    opts = VadOptions(max_utterance_s=8)
+    opts = VadConfig(max_utterance_s=8)
     whole = _run(x, opts)
     assert any(isinstance(e, SpeechEnd) and e.reason == "max_length" for e in whole)
     rng = np.random.default_rng(11)
@@ -446,8 +447,8 @@ def test_input_and_option_validation():
         {"max_utterance_s": 0.5},
         {"rms_floor_dbfs": 3.0},
     ):
-        with pytest.raises(ValueError):
-            VadOptions(**bad)
+        with pytest.raises(ConfigError):
+            VadConfig(**bad)
 
 
 # -- trim (push-to-talk) ---------------------------------------------------------------------------------------

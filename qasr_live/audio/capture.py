@@ -1,33 +1,25 @@
-"""Microphone capture: a sounddevice (PortAudio) input stream at the device's native rate → 16 kHz mono int16.
+"""Microphone capture: a PortAudio input stream at the device's native rate → 16 kHz mono int16 blocks.
 
-:class:`MicrophoneSource` is an :class:`~qasr_live.audio.sources.AudioSource` (see there for ``start``/``stop``/
+:class:`MicrophoneSource` is an :class:`~qasr_live.audio.source.AudioSource` (see there for ``start``/``stop``/
 ``read``/``clock``/``stats``). What it adds:
 
 Device
-    Chosen by name: ``audio.device`` is matched case-insensitively against the names of the *input* devices
-    PortAudio lists (:func:`list_input_devices`, what ``qasr-live devices`` prints); a whole-name match wins over
-    partial ones, several partial matches are narrowed to the default host API (Windows lists each device once
-    per API), and a name that still matches several devices or none is an :class:`AudioDeviceError` listing the
-    devices and naming ``audio.device`` in config.yaml. ``None`` is the system's default input. Indexes are
-    never stored: the name is resolved again at every (re)open, after re-enumerating when needed (PortAudio
-    enumerates devices once, at initialisation, so a hot-plugged device is invisible until it is re-initialised:
-    ``refresh`` below).
+    Chosen by name, resolved again at every (re)open (:mod:`qasr_live.audio.devices` has the rules); ``None``
+    is the system's default input.
 
 Format
     The stream runs at the device's native default sample rate (opening a 48 kHz-only USB microphone at 16 kHz
     fails with "Invalid sample rate"; common rates are tried next if even that fails), float32, mono when the
-    device allows it, else its channels are averaged. :class:`StreamResampler` converts to 16 kHz with the
-    same polyphase filter as ``scipy.signal.resample_poly`` but keeps its state across blocks: block-by-block
-    output equals resampling the whole recording at once (to float rounding), with no clicks or gaps at block
-    boundaries, ~0.6 ms of delay, and exactly ``ceil(n × 16000 / rate)`` samples per stream once it is closed.
+    device allows it, else its channels are averaged. A :class:`~qasr_live.audio.resample.StreamResampler`
+    converts to 16 kHz block by block, exactly as if the whole recording were resampled at once.
 
 Threads
     PortAudio calls the stream's callback on its own thread; the callback downmixes, resamples, converts to
     int16 and hands the block to the asyncio loop (``call_soon_threadsafe``) into a bounded queue
     (``max_queue_s``): if the consumer lags further behind, blocks are dropped, counted (``stats.overruns``)
     and logged. Input-overflow flags from PortAudio are counted (``stats.input_overflows``). All control calls
-    (initialise, enumerate, open, close) run one at a time on short-lived daemon threads, so the loop never
-    waits on PortAudio, even when a driver hangs.
+    (initialise, enumerate, open, close) run one at a time through
+    :func:`~qasr_live.audio.devices.portaudio_call`, so the loop never waits on PortAudio.
 
 Robustness (a supervisor task, running while the source is started)
     * The stream stops on its own (device unplugged, server gone, driver error: PortAudio's finished callback)
@@ -51,9 +43,6 @@ Opening and closing
     (no microphone indicator) and costs no CPU while idle. ``start(retry=True)`` does not fail when the device
     is missing or busy (a daemon started at login before the sound server): it keeps trying in the background
     as above.
-
-``refresh_devices()``/``list_input_devices(refresh=True)`` terminate and re-initialise PortAudio: no other
-stream of this process may be open at that moment (the daemon has only this one, closed while reopening).
 """
 
 from __future__ import annotations
@@ -61,292 +50,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-from scipy.signal import firwin
 
-from qasr_live.audio.sources import SAMPLE_RATE, _SourceBase, block_samples, float_to_int16
-from qasr_live.errors import AudioError
+from qasr_live.audio.devices import (
+    InputDevice,
+    default_hostapi_name,
+    find_input_device,
+    portaudio,
+    portaudio_call,
+    query_input_devices,
+    reinitialize,
+)
+from qasr_live.audio.pcm import SAMPLE_RATE, block_samples, float_to_int16
+from qasr_live.audio.resample import StreamResampler
+from qasr_live.audio.source import BlockSource
+from qasr_live.errors import AudioDeviceError, AudioError
 
-__all__ = [
-    "AudioDeviceError",
-    "InputDevice",
-    "MicrophoneSource",
-    "StreamResampler",
-    "find_input_device",
-    "list_input_devices",
-    "refresh_devices",
-]
+__all__ = ["MicrophoneSource"]
 
 _LOGGER = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
 _FALLBACK_RATES = (48000, 44100, 32000, 16000)
 # PortAudio errors that mean "not this format" (rather than "not this device"): paInvalidSampleRate,
 # paInvalidChannelCount, paSampleFormatNotSupported
 _FORMAT_ERRORS = {-9997, -9998, -9994}
-_CONFIG_HINT = (
-    "set audio.device in config.yaml to (part of) one of these names, or to null for the system default "
-    "(`qasr-live devices` lists them)"
-)
-
-
-class AudioDeviceError(AudioError):
-    """An input device cannot be found (missing, ambiguous name) or opened."""
-
-
-# --- resampling ------------------------------------------------------------------------------------
-
-
-class StreamResampler:
-    """``scipy.signal.resample_poly`` from ``in_rate`` to ``out_rate``, one block at a time.
-
-    Same filter (Kaiser-windowed FIR, beta 5, ``half_len = 10 × max(up, down)``, zero padding before the
-    first sample), so the concatenation of ``process()`` outputs followed by ``flush()`` equals
-    ``resample_poly(whole, up, down)`` to float64 rounding, whatever the block sizes. Output sample *k* needs
-    input up to about ``k × in_rate / out_rate + delay``: ``process()`` returns every output whose inputs have
-    arrived, so after *n* input samples exactly :meth:`available` (*n*) outputs have been returned, and
-    ``flush()`` (end of the stream: the missing inputs are taken as zeros) brings the total to
-    ``ceil(n × out_rate / in_rate)``. ``delay`` is the lookahead in input samples (0.6 ms for 48 or 44.1 kHz).
-    """
-
-    def __init__(self, in_rate: int, out_rate: int = SAMPLE_RATE):
-        if in_rate <= 0 or out_rate <= 0:
-            raise ValueError(f"sample rates must be positive, got {in_rate} → {out_rate}")
-        g = math.gcd(int(in_rate), int(out_rate))
-        self.in_rate, self.out_rate = int(in_rate), int(out_rate)
-        self.up, self.down = self.out_rate // g, self.in_rate // g
-        self.n_in = 0
-        self.n_out = 0
-        if self.up == self.down == 1:
-            self.half_len = 0
-            self.taps = 1
-            return
-        max_rate = max(self.up, self.down)
-        self.half_len = 10 * max_rate
-        h = firwin(2 * self.half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)) * self.up
-        self.taps = -(-len(h) // self.up)  # taps per polyphase branch
-        phases = np.zeros((self.up, self.taps))
-        for ph in range(self.up):
-            branch = h[ph :: self.up]
-            phases[ph, : len(branch)] = branch
-        self._phases = phases
-        self._buf = np.zeros(self.taps - 1)  # history; _buf[0] is input sample number _buf_start
-        self._buf_start = -(self.taps - 1)  # inputs before sample 0 are zeros, as resample_poly pads
-
-    @property
-    def delay(self) -> float:
-        """Lookahead in input samples: how much later than ideal an output can be produced."""
-        return self.half_len / self.up
-
-    def available(self, n_in: int) -> int:
-        """How many outputs ``process()`` has returned in total once ``n_in`` input samples were given."""
-        if self.up == self.down == 1:
-            return n_in
-        num = n_in * self.up - 1 - self.half_len  # output k needs input (k·down + half_len) // up ≤ n_in - 1
-        return 0 if num < 0 else num // self.down + 1
-
-    def total(self, n_in: int) -> int:
-        """Outputs in total after ``flush()``: what ``resample_poly`` returns for ``n_in`` samples."""
-        return -(-n_in * self.up // self.down)
-
-    def process(self, x: np.ndarray) -> np.ndarray:
-        """Feed 1-D float samples; return the float64 outputs that are now complete."""
-        x = np.asarray(x, dtype=np.float64).reshape(-1)
-        self.n_in += len(x)
-        if self.up == self.down == 1:
-            self.n_out += len(x)
-            return x.copy()
-        self._buf = np.concatenate((self._buf, x))
-        return self._emit(self.available(self.n_in))
-
-    def flush(self) -> np.ndarray:
-        """The remaining outputs, as if the input went on with zeros; after it, feed no more."""
-        if self.up == self.down == 1:
-            return np.zeros(0)
-        end = self.total(self.n_in)
-        if end <= self.n_out:
-            return np.zeros(0)
-        need = ((end - 1) * self.down + self.half_len) // self.up + 1  # inputs (incl. zeros) up to this one
-        have = self._buf_start + len(self._buf)
-        if need > have:
-            self._buf = np.concatenate((self._buf, np.zeros(need - have)))
-        return self._emit(end)
-
-    def _emit(self, end: int) -> np.ndarray:
-        if end <= self.n_out:
-            return np.zeros(0)
-        k = np.arange(self.n_out, end, dtype=np.int64)
-        m = k * self.down + self.half_len
-        newest = m // self.up - self._buf_start
-        idx = newest[:, None] - np.arange(self.taps)[None, :]
-        y = np.einsum("kt,kt->k", self._phases[m % self.up], self._buf[idx])
-        self.n_out = end
-        # keep only the history the next output needs
-        keep_from = (end * self.down + self.half_len) // self.up - (self.taps - 1)
-        drop = keep_from - self._buf_start
-        if drop > 0:
-            self._buf = self._buf[drop:]
-            self._buf_start = keep_from
-        return y
-
-
-# --- devices ------------------------------------------------------------------------------------------
-
-_PA_LOCK = threading.Lock()  # one PortAudio control call at a time (init/terminate/enumerate/open/close)
-
-
-def _sd() -> Any:
-    """Import sounddevice lazily (it initialises PortAudio at import); a missing library is an AudioError."""
-    try:
-        import sounddevice
-    except OSError as exc:  # PortAudio library not found
-        raise AudioDeviceError(
-            f"the PortAudio library could not be loaded ({exc}); install it "
-            "(`sudo apt install libportaudio2`, `brew install portaudio`)"
-        ) from exc
-    return sounddevice
-
-
-@dataclass(frozen=True, slots=True)
-class InputDevice:
-    """An input device as PortAudio lists it (``index`` is only valid until devices are re-enumerated)."""
-
-    index: int
-    name: str
-    hostapi: str
-    channels: int  # maximum input channels
-    default_samplerate: float
-    is_default: bool
-
-    def describe(self) -> str:
-        default = ", system default" if self.is_default else ""
-        return f"{self.name!r} ({self.hostapi}, {self.channels} ch, {self.default_samplerate:g} Hz{default})"
-
-
-def refresh_devices() -> None:
-    """Re-initialise PortAudio so that it enumerates the devices again (hot-plugged or removed ones)."""
-    with _PA_LOCK:
-        _refresh_locked(_sd())
-
-
-def _refresh_locked(sd: Any) -> None:
-    try:
-        sd._terminate()
-    except Exception as exc:
-        _LOGGER.debug("PortAudio terminate failed (%s)", exc)
-    sd._initialize()
-
-
-def _query_inputs(sd: Any) -> list[InputDevice]:
-    try:
-        default_in = sd.default.device[0]
-        if default_in is None or (isinstance(default_in, int) and default_in < 0):
-            default_in = sd.query_devices(kind="input")["index"]
-    except Exception:
-        default_in = -1
-    apis = sd.query_hostapis()
-    out = []
-    for d in sd.query_devices():
-        if d["max_input_channels"] > 0:
-            out.append(
-                InputDevice(
-                    index=int(d["index"]),
-                    name=str(d["name"]),
-                    hostapi=str(apis[d["hostapi"]]["name"]),
-                    channels=int(d["max_input_channels"]),
-                    default_samplerate=float(d["default_samplerate"]),
-                    is_default=int(d["index"]) == default_in,
-                )
-            )
-    return out
-
-
-def list_input_devices(refresh: bool = False) -> list[InputDevice]:
-    """The input devices PortAudio knows, in its order; ``refresh`` re-enumerates first (see module doc)."""
-    with _PA_LOCK:
-        sd = _sd()
-        if refresh:
-            _refresh_locked(sd)
-        return _query_inputs(sd)
-
-
-def _default_hostapi_name(sd: Any) -> str | None:
-    try:
-        return str(sd.query_hostapis(sd.default.hostapi)["name"])
-    except Exception:
-        return None
-
-
-def find_input_device(
-    name: str | None, devices: Sequence[InputDevice], default_hostapi: str | None = None
-) -> InputDevice:
-    """The device ``name`` designates among ``devices`` (see the module docstring for the rules)."""
-    listing = "\n".join(f"  - {d.describe()}" for d in devices) or "  (none: no input device is available)"
-    if name is None:
-        for d in devices:
-            if d.is_default:
-                return d
-        raise AudioDeviceError(
-            f"there is no default input device (audio.device in config.yaml is null); "
-            f"available input devices:\n{listing}\n{_CONFIG_HINT}"
-        )
-    wanted = name.strip().casefold()
-    exact = [d for d in devices if d.name.strip().casefold() == wanted]
-    matches = exact or [d for d in devices if wanted in d.name.casefold()]
-    if len(matches) > 1 and default_hostapi is not None:
-        preferred = [d for d in matches if d.hostapi == default_hostapi]
-        if preferred:
-            matches = preferred
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise AudioDeviceError(
-            f"audio.device {name!r} in config.yaml matches no input device; available input devices:\n"
-            f"{listing}\n{_CONFIG_HINT}"
-        )
-    found = "\n".join(f"  - {d.describe()}" for d in matches)
-    raise AudioDeviceError(
-        f"audio.device {name!r} in config.yaml matches {len(matches)} input devices:\n{found}\n"
-        f"use more of the name so that it matches only one; all input devices:\n{listing}"
-    )
-
-
-async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
-    """Run ``fn(*args)`` on a fresh daemon thread holding the PortAudio lock; await its result.
-
-    Not the loop's default executor: a hung driver call must neither block the loop nor keep the process
-    from exiting. If the awaiting task is cancelled, the call still completes on its thread.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[_T] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if not future.done():
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-
-    def run() -> None:
-        try:
-            with _PA_LOCK:
-                result = fn(*args)
-        except BaseException as exc:
-            outcome: tuple[bool, Any] = (False, exc)
-        else:
-            outcome = (True, result)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            loop.call_soon_threadsafe(settle, *outcome)
-
-    threading.Thread(target=run, name="qasr-portaudio", daemon=True).start()
-    return await future
 
 
 # --- the stream ---------------------------------------------------------------------------------------
@@ -389,7 +119,7 @@ class _Capture:
                 )
 
 
-class MicrophoneSource(_SourceBase):
+class MicrophoneSource(BlockSource):
     """An input device as a source of 16 kHz mono int16 blocks (see the module docstring).
 
     ``start()`` opens the device, ``stop()`` closes it (the stream goes on: ``read()`` waits while it is
@@ -495,7 +225,7 @@ class MicrophoneSource(_SourceBase):
 
     async def _open(self, *, refresh: bool) -> None:
         t0 = time.monotonic()
-        capture = await _in_thread(self._open_blocking, self._session, refresh, t0)
+        capture = await portaudio_call(self._open_blocking, self._session, refresh, t0)
         if capture is None:  # stopped meanwhile
             return
         self.stats.opens += 1
@@ -509,16 +239,16 @@ class MicrophoneSource(_SourceBase):
             return None
         if self._capture is not None:  # never two streams: close a leftover one first
             self._close_blocking(drain=False)
-        sd = _sd()
+        sd = portaudio()
         if refresh:
-            _refresh_locked(sd)
+            reinitialize(sd)
         try:
-            device = find_input_device(self.device, _query_inputs(sd), _default_hostapi_name(sd))
+            device = find_input_device(self.device, query_input_devices(sd), default_hostapi_name(sd))
         except AudioDeviceError:
             if refresh:
                 raise
-            _refresh_locked(sd)  # maybe plugged in (or a sound server started) since PortAudio enumerated
-            device = find_input_device(self.device, _query_inputs(sd), _default_hostapi_name(sd))
+            reinitialize(sd)  # maybe plugged in (or a sound server started) since PortAudio enumerated
+            device = find_input_device(self.device, query_input_devices(sd), default_hostapi_name(sd))
         native = round(device.default_samplerate)
         rates = [native] + [r for r in _FALLBACK_RATES if r != native] if native > 0 else list(_FALLBACK_RATES)
         channel_options = sorted({1, min(2, device.channels), device.channels})
@@ -562,7 +292,7 @@ class MicrophoneSource(_SourceBase):
         )
 
     async def _close(self, *, drain: bool) -> None:
-        closed = await _in_thread(self._close_blocking, drain)
+        closed = await portaudio_call(self._close_blocking, drain)
         if closed is not None:
             capture, tail = closed
             if len(tail):
@@ -581,11 +311,11 @@ class MicrophoneSource(_SourceBase):
             else:
                 stream.abort()
         except Exception as exc:
-            _LOGGER.debug("audio: stopping the stream failed (%s)", exc)
+            _LOGGER.debug("audio: stopping the stream failed (%s)", exc, exc_info=True)
         try:
             stream.close(ignore_errors=True)
         except Exception as exc:
-            _LOGGER.debug("audio: closing the stream failed (%s)", exc)
+            _LOGGER.debug("audio: closing the stream failed (%s)", exc, exc_info=True)
         # the callback thread has finished: the resampler is ours now
         return capture, float_to_int16(capture.resampler.flush())
 

@@ -18,6 +18,7 @@ import numpy as np
 from scipy.io import wavfile
 from scipy.signal import resample_poly
 
+from qasr_live.audio.pcm import SAMPLE_RATE
 from qasr_live.errors import AudioError
 
 __all__ = ["load_audio"]
@@ -25,7 +26,7 @@ __all__ = ["load_audio"]
 _FFMPEG_HINT = "install ffmpeg (`sudo apt install ffmpeg` or `brew install ffmpeg`) or convert the file to WAV"
 
 
-def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Return the samples of ``path`` as a 1-D float32 array at ``sample_rate`` Hz, mono, in [-1, 1]."""
     path = Path(path)
     _check_readable(path)

@@ -2,7 +2,8 @@
 
 ``VadSegmenter`` owns no threads, sockets or clocks. The caller pushes audio with ``feed()`` in blocks of any size
 and gets back a list of events; time is the number of samples fed since construction (or ``reset()``), so the
-result depends only on the audio, never on how it was split into blocks or when it arrived.
+result depends only on the audio, never on how it was split into blocks or when it arrived. Its options are the
+``vad`` section of config.yaml, :class:`~qasr_live.config.VadConfig`, as it is (the names below are its keys).
 
 Frames
     The stream is cut into frames of ``frame_ms`` on a fixed grid starting at sample 0 (a partial frame waits for
@@ -60,69 +61,38 @@ speech of at least ``min_speech_ms``.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from enum import StrEnum
 
 import numpy as np
 import webrtcvad
 
+from qasr_live.audio.pcm import INT16_FULL_SCALE, SAMPLE_RATE, as_mono_int16
+from qasr_live.config import VadConfig
+
 __all__ = [
-    "SAMPLE_RATE",
     "NoSpeech",
     "SpeechAudio",
     "SpeechEnd",
+    "SpeechEndReason",
     "SpeechStart",
     "VadEvent",
-    "VadOptions",
     "VadSegmenter",
     "trim",
 ]
 
-SAMPLE_RATE = 16000
-_FULL_SCALE = 32768.0
 _CUT_WINDOW = SAMPLE_RATE // 10  # 100 ms: long enough to skip stop closures inside words, short enough for a pause
 _CUT_HOP = SAMPLE_RATE // 100  # 10 ms resolution for the cut point
 _MAX_LOOKBACK = 3 * SAMPLE_RATE  # how far back a max-length cut may reach (and so how long streaming is held)
 
-EndReason = Literal["silence", "max_length", "flush"]
 
+class SpeechEndReason(StrEnum):
+    """Why the segmenter ended an utterance (the daemon maps it to the utterance's end reason on the wire)."""
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VadOptions:
-    """Tuning of ``VadSegmenter`` and ``trim()``; every duration is rounded up to whole frames where framed."""
-
-    aggressiveness: int = 2  # webrtcvad mode: 0 (most permissive) .. 3 (most aggressive at rejecting non-speech)
-    frame_ms: int = 30  # webrtcvad frame: 10, 20 or 30 ms
-    pre_roll_ms: int = 300  # audio kept before the onset and included in the utterance (soft consonants, "h")
-    start_ms: int = 120  # voiced time needed within the last start_window_ms to start an utterance
-    start_window_ms: int = 300  # sliding window of the start hysteresis
-    hangover_ms: int = 600  # continuous unvoiced time that ends an utterance
-    min_speech_ms: int = 250  # onset-to-last-voiced shorter than this is reported as NoSpeech
-    max_utterance_s: float = 30.0  # force a cut (at the deepest recent pause) at this length
-    rms_floor_dbfs: float = -55.0  # quieter frames are unvoiced whatever webrtcvad says
-
-    def __post_init__(self) -> None:
-        if self.aggressiveness not in (0, 1, 2, 3):
-            raise ValueError(f"vad aggressiveness must be 0, 1, 2 or 3, got {self.aggressiveness!r}")
-        if self.frame_ms not in (10, 20, 30):
-            raise ValueError(f"vad frame_ms must be 10, 20 or 30 (what webrtcvad accepts), got {self.frame_ms!r}")
-        for name in ("pre_roll_ms", "min_speech_ms"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"vad {name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("start_ms", "start_window_ms", "hangover_ms"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"vad {name} must be > 0, got {getattr(self, name)!r}")
-        if self.start_ms > self.start_window_ms:
-            raise ValueError(
-                f"vad start_ms ({self.start_ms}) must not exceed start_window_ms ({self.start_window_ms}): "
-                "the start condition could never be met"
-            )
-        if not (math.isfinite(self.max_utterance_s) and self.max_utterance_s >= 1.0):
-            raise ValueError(f"vad max_utterance_s must be a finite number >= 1.0, got {self.max_utterance_s!r}")
-        if math.isnan(self.rms_floor_dbfs) or self.rms_floor_dbfs > 0:
-            raise ValueError(f"vad rms_floor_dbfs must be <= 0 (dBFS; -inf disables it), got {self.rms_floor_dbfs!r}")
+    SILENCE = "silence"  # hangover_ms of continuous unvoiced frames
+    MAX_LENGTH = "max_length"  # cut at max_utterance_s, in the deepest recent pause
+    FLUSH = "flush"  # flush(): the end of the stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +127,7 @@ class SpeechEnd:
     """The utterance ends at ``end_sample`` (exclusive) and is to be transcribed."""
 
     end_sample: int
-    reason: EndReason
+    reason: SpeechEndReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +144,8 @@ VadEvent = SpeechStart | SpeechAudio | SpeechEnd | NoSpeech
 class VadSegmenter:
     """Incremental segmenter; see the module docstring for the state machine and the events."""
 
-    def __init__(self, options: VadOptions | None = None) -> None:
-        self.options = options if options is not None else VadOptions()
+    def __init__(self, options: VadConfig | None = None) -> None:
+        self.options = options if options is not None else VadConfig()
         o = self.options
         self._frame = SAMPLE_RATE * o.frame_ms // 1000
         self._start_frames = _frames(o.start_ms, o.frame_ms)
@@ -185,8 +155,8 @@ class VadSegmenter:
         self._min_speech = SAMPLE_RATE * o.min_speech_ms // 1000
         self._max_len = round(o.max_utterance_s * SAMPLE_RATE)
         self._lookback = min(_MAX_LOOKBACK, self._max_len // 2)
-        # compare mean squares, not dB: no log of zero for digital silence; -inf dBFS gives 0 (floor disabled)
-        self._floor_ms = (_FULL_SCALE * 10.0 ** (o.rms_floor_dbfs / 20.0)) ** 2
+        # compare mean squares, not dB: no log of zero for digital silence
+        self._floor_ms = (INT16_FULL_SCALE * 10.0 ** (o.rms_floor_dbfs / 20.0)) ** 2
         # IDLE history: enough frames for the start window plus the pre-roll before its first frame
         self._history_frames = self._window_frames + -(-self._pre_roll // self._frame) + 1
         self.reset()
@@ -219,7 +189,7 @@ class VadSegmenter:
 
     def feed(self, pcm: np.ndarray) -> list[VadEvent]:
         """Push 16 kHz mono int16 samples (any length, shape (n,) or (n, 1)); return the events they complete."""
-        samples = _as_mono_int16(pcm)
+        samples = as_mono_int16(pcm)
         events: list[VadEvent] = []
         if samples.size == 0:
             return events
@@ -238,7 +208,7 @@ class VadSegmenter:
         if self._in_speech:
             if self._partial.size:
                 self._pending.append(self._partial)  # unclassified tail: still part of the utterance's audio
-            self._close(self._pos, "flush", events)
+            self._close(self._pos, SpeechEndReason.FLUSH, events)
         self.reset()
         return events
 
@@ -269,7 +239,7 @@ class VadSegmenter:
         self._pending.append(frame)
         length = end - self._utt_start
         if self._unvoiced_run >= self._hangover_frames:
-            self._close(end, "silence", events)
+            self._close(end, SpeechEndReason.SILENCE, events)
         elif length >= self._max_len:
             self._cut(events)
         elif length <= self._max_len - self._lookback:
@@ -304,7 +274,7 @@ class VadSegmenter:
         events.append(SpeechAudio(_frozen(pcm), self._emitted))
         self._emitted += pcm.size
 
-    def _close(self, end: int, reason: EndReason, events: list[VadEvent]) -> None:
+    def _close(self, end: int, reason: SpeechEndReason, events: list[VadEvent]) -> None:
         """Emit the held audio up to ``end`` and end the utterance there (never longer than max_utterance_s)."""
         # the hangover (or the flushed partial frame) can carry an utterance past the limit by less than a frame;
         # what lies beyond is silence (or < 1 frame), cheaper to drop than to cut into a one-frame utterance
@@ -315,8 +285,8 @@ class VadSegmenter:
         self._emit_pending(events)
         self._finish(capped, reason, events)
 
-    def _finish(self, end: int, reason: EndReason, events: list[VadEvent]) -> None:
-        if reason != "max_length" and self._last_voiced_end - self._onset < self._min_speech:
+    def _finish(self, end: int, reason: SpeechEndReason, events: list[VadEvent]) -> None:
+        if reason is not SpeechEndReason.MAX_LENGTH and self._last_voiced_end - self._onset < self._min_speech:
             events.append(NoSpeech(self._utt_start, end))
         else:
             events.append(SpeechEnd(end, reason))
@@ -329,7 +299,7 @@ class VadSegmenter:
         cut = base + _deepest_pause(held)
         self._pending = [held[: cut - base]]
         self._emit_pending(events)
-        self._finish(cut, "max_length", events)
+        self._finish(cut, SpeechEndReason.MAX_LENGTH, events)
         # the remainder is the next utterance, already in speech: no hysteresis, no pre-roll (nothing lost)
         self._in_speech = True
         self._utt_start = cut
@@ -341,7 +311,7 @@ class VadSegmenter:
         self._emit_pending(events)
 
 
-def trim(pcm: np.ndarray, options: VadOptions | None = None) -> tuple[int, int] | None:
+def trim(pcm: np.ndarray, options: VadConfig | None = None) -> tuple[int, int] | None:
     """Push-to-talk: return ``(start, end)`` of ``pcm`` without its leading/trailing non-speech, or ``None``.
 
     The span runs from the onset of the first utterance that holds at least ``min_speech_ms`` of speech to the
@@ -350,7 +320,7 @@ def trim(pcm: np.ndarray, options: VadOptions | None = None) -> tuple[int, int] 
     means no such utterance (silence, noise, a click): there is nothing to transcribe.
     """
     seg = _SpanRecorder(options)
-    samples = _as_mono_int16(pcm)
+    samples = as_mono_int16(pcm)
     seg.feed(samples)
     seg.flush()
     if not seg.spans:
@@ -362,11 +332,11 @@ def trim(pcm: np.ndarray, options: VadOptions | None = None) -> tuple[int, int] 
 class _SpanRecorder(VadSegmenter):
     """A segmenter that also records ``(onset, last voiced end)`` of each kept utterance, for ``trim()``."""
 
-    def __init__(self, options: VadOptions | None = None) -> None:
+    def __init__(self, options: VadConfig | None = None) -> None:
         self.spans: list[tuple[int, int]] = []
         super().__init__(options)
 
-    def _finish(self, end: int, reason: EndReason, events: list[VadEvent]) -> None:
+    def _finish(self, end: int, reason: SpeechEndReason, events: list[VadEvent]) -> None:
         before = len(events)
         super()._finish(end, reason, events)
         if isinstance(events[before], SpeechEnd):
@@ -402,13 +372,3 @@ def _deepest_pause(held: np.ndarray) -> int:
         hi += 1
     return (int(starts[lo]) + int(starts[hi]) + _CUT_WINDOW) // 2
 
-
-def _as_mono_int16(pcm: np.ndarray) -> np.ndarray:
-    arr = np.asarray(pcm)
-    if arr.dtype != np.int16:
-        raise TypeError(f"VAD input must be int16 PCM, got dtype {arr.dtype}; convert with (x * 32767).astype(int16)")
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1:
-        raise ValueError(f"VAD input must be mono, shape (n,) or (n, 1); got shape {arr.shape}")
-    return arr
