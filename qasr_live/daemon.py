@@ -37,7 +37,7 @@ from qasr_live.config import AppConfig
 from qasr_live.engine.features import SAMPLE_RATE
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.errors import ConfigError, QasrError
-from qasr_live.outputs.events import (
+from qasr_live.events import (
     CommitEvent,
     ErrorEvent,
     OutputEvent,
@@ -199,7 +199,8 @@ class Daemon:
             self._encoder.close()
 
     async def _start_outputs(self) -> None:
-        from qasr_live.outputs.websocket import EventHub, WebSocketServer
+        from qasr_live.bus import EventHub
+        from qasr_live.outputs.websocket import WebSocketServer
 
         self._hub = EventHub(self.session_id, self.cfg.websocket.replay_events)
         if self.cfg.websocket.enabled:
