@@ -4,8 +4,9 @@ The configuration is a tree of frozen dataclasses: one per section of ``config.y
 ``engine``, ``recognition``, ...), all nested in :class:`AppConfig`. The dataclass fields are the schema: each
 field's type annotation says what YAML value it takes, and a small :class:`Spec` in the field's metadata adds
 what the type cannot say (allowed choices, bounds, a one-line help). Validation is generic and driven by those
-two things only, so adding a section means adding one dataclass and one field of :class:`AppConfig`; adding a
-key means adding one field made with :func:`_opt`.
+two things only (the validator is :mod:`qasr_live.schema`, shared with the event protocol), so adding a section
+means adding one dataclass and one field of :class:`AppConfig`; adding a key means adding one field made with
+:func:`_opt`.
 
 Entry points:
 
@@ -25,9 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
-import types
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +35,8 @@ from typing import Any
 
 import yaml
 
-from qasr_live.errors import ConfigError
+from qasr_live import schema
+from qasr_live.errors import ConfigError, InvalidValue
 
 __all__ = [
     "SUPPORTED_LANGUAGES",
@@ -99,21 +99,13 @@ _SPEC_KEY = "qasr_spec"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Spec:
-    """What a field's type annotation cannot say about its allowed values.
-
-    ``choices``: the only values allowed (``None`` = any value of the type); ``case_insensitive``: choices
-    match in any case and the value is normalised to the spelling in ``choices``; ``minimum``/``maximum``:
-    inclusive bounds of a number; ``non_empty``: a string must not be empty; ``expand_user``: ``~`` in a path
-    is expanded.
+class Spec(schema.Rules):
+    """What a field's type annotation cannot say about its allowed values: the :class:`~qasr_live.schema.Rules`
+    (``choices``, ``case_insensitive``, ``minimum``, ``maximum``, ``non_empty``), plus the key's one-line
+    ``help`` and ``expand_user``: ``~`` in a path is expanded.
     """
 
     help: str
-    choices: tuple[Any, ...] | None = None
-    case_insensitive: bool = False
-    minimum: float | None = None
-    maximum: float | None = None
-    non_empty: bool = False
     expand_user: bool = False
 
 
@@ -380,86 +372,12 @@ def config_keys() -> tuple[str, ...]:
 
 # --- validation -----------------------------------------------------------------------------------
 
-_TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string"}
-
-
-def _unwrap(annotation: Any) -> tuple[type, bool]:
-    """``X`` -> (X, False); ``X | None`` -> (X, True)."""
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(annotation)) == 2:
-            return args[0], True
-    if annotation in _TYPE_NAMES:
-        return annotation, False
-    raise TypeError(f"unsupported config field type {annotation!r}")
-
-
-def _show(value: Any) -> str:
-    """A value as the user would write it in YAML-ish terms."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
-
-
-def _describe(value: Any) -> str:
-    """What kind of value the user gave, for a wrong-type message."""
-    for typ, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string")):
-        if isinstance(value, typ):
-            return f"{name} ({_show(value)})"
-    if value is None:
-        return "null"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return f"a {type(value).__name__}"
-
-
-def _fmt(number: float) -> str:
-    return str(int(number)) if float(number).is_integer() else str(number)
-
-
 def _check_value(value: Any, annotation: Any, spec: Spec) -> tuple[Any, str | None]:
     """Validate and normalise one value: (normalised value, None) or (None, what is wrong)."""
-    base, optional = _unwrap(annotation)
-    if value is None:
-        if optional:
-            return None, None
-        return None, f"null is not allowed; expected {_TYPE_NAMES[base]}"
-    if base is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-    elif base is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, base)
-    if not ok:
-        expected = _TYPE_NAMES[base] + (" or null" if optional else "")
-        hint = "; quote it to make it a string" if base is str and isinstance(value, int | float) else ""
-        return None, f"expected {expected}, got {_describe(value)}{hint}"
-    if base is float:
-        value = float(value)
-        if not math.isfinite(value):
-            return None, f"{_show(value)} is not a finite number"
-    if spec.minimum is not None and value < spec.minimum:
-        return None, f"{_show(value)} is below the minimum {_fmt(spec.minimum)}"
-    if spec.maximum is not None and value > spec.maximum:
-        return None, f"{_show(value)} is above the maximum {_fmt(spec.maximum)}"
-    if spec.non_empty and value == "":
-        return None, "must not be empty"
-    if spec.choices is not None:
-        if spec.case_insensitive and isinstance(value, str):
-            canonical = {str(c).casefold(): c for c in spec.choices}
-            match = canonical.get(value.strip().casefold())
-        else:
-            match = value if value in spec.choices else None
-        if match is None:
-            allowed = ", ".join(_show(c) if not isinstance(c, str) else c for c in spec.choices)
-            if optional:
-                allowed += ", or null"
-            return None, f"{_show(value)} is not allowed; choose one of: {allowed}"
-        value = match
+    try:
+        value = schema.check(annotation, value, spec)
+    except InvalidValue as e:
+        return None, str(e)  # config values are scalars: no path inside them, just the problem
     if spec.expand_user and isinstance(value, str):
         value = os.path.expanduser(value)
     return value, None
@@ -507,7 +425,7 @@ def _mapping_items(
             raise ConfigError(f"{where}: {dotted_prefix}<{_node_kind(key_node)}>: keys must be plain names")
         key = _construct(key_node)
         if not isinstance(key, str):
-            raise ConfigError(f"{where}: {dotted_prefix}{_show(key)}: keys must be plain names")
+            raise ConfigError(f"{where}: {dotted_prefix}{schema.show(key)}: keys must be plain names")
         if key in seen:
             raise ConfigError(f"{where}: {dotted_prefix}{key}: duplicate key (first set on line {seen[key]})")
         seen[key] = _line(key_node)
@@ -575,7 +493,7 @@ def _node_kind(node: yaml.Node) -> str:
         return "a mapping"
     if isinstance(node, yaml.SequenceNode):
         return "a list"
-    return _describe(_construct(node))
+    return schema.describe(_construct(node))
 
 
 def _yaml_error(exc: yaml.YAMLError, source: str, what: str = "YAML syntax error") -> ConfigError:

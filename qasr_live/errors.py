@@ -72,3 +72,20 @@ class AlreadyRunning(QasrError):
 
 class DaemonNotRunning(QasrError):
     """No daemon answers on the ctl socket."""
+
+
+class InvalidValue(QasrError):
+    """A value does not fit its type annotation (qasr_live.schema); callers re-raise it with their location."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path  # where inside the checked value: "" for the value itself, else e.g. "[2]" or "['key']"
+        self.problem = problem  # what is wrong and what is allowed, e.g. "expected an integer, got a string ('x')"
+
+
+class TypingBackendError(QasrError):
+    """A typing backend could not deliver; ``delivered`` is how many characters it typed before failing."""
+
+    def __init__(self, message: str, delivered: int = 0) -> None:
+        super().__init__(message)
+        self.delivered = delivered

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from qasr_live import events
 from qasr_live.errors import ProtocolError, QasrError
-from qasr_live.outputs import events
-from qasr_live.outputs.events import (
+from qasr_live.events import (
     CLIENT_MESSAGES,
     PROTOCOL_VERSION,
     REGISTRY,
@@ -193,7 +193,7 @@ def test_committed_schema_file_equals_generated_schema():
     committed = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
     assert committed == json_schema(), (
         "docs/events.schema.json is stale: regenerate it with "
-        "`python -m qasr_live.outputs.events > docs/events.schema.json`"
+        "`python -m qasr_live.events > docs/events.schema.json`"
     )
 
 

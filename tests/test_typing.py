@@ -13,14 +13,9 @@ from pathlib import Path
 import pytest
 
 from qasr_live.config import TypingConfig
-from qasr_live.outputs.typing import (
-    BackendError,
-    Typist,
-    backend_chain,
-    detect_session,
-    sanitize,
-    x_held_modifiers,
-)
+from qasr_live.desktop import detect_session
+from qasr_live.errors import TypingBackendError
+from qasr_live.outputs.typing import Typist, backend_chain, sanitize, x_held_modifiers
 from tests.desktop import TkTextWindow, Xvfb, clipboard_get, clipboard_set, require, set_layouts, xdotool
 
 # the listener / typist export the session's DISPLAY into os.environ (pynput's Xlib reads it there): undo that
@@ -108,7 +103,7 @@ def test_partial_failure_hands_only_the_rest_to_the_next_backend():
         def _deliver(self, backend, text, session):
             if backend == "pynput":
                 delivered.append((backend, text[:3]))
-                raise BackendError("X connection lost", delivered=3)
+                raise TypingBackendError("X connection lost", delivered=3)
             delivered.append((backend, text))
 
     result = Flaky(TypingConfig(modifier_timeout_s=0), env={"DISPLAY": ":9"}, platform="linux").type_text("abcdef")

@@ -9,7 +9,7 @@ connection closes::
     {"ok": true, "command": "status", "status": {...the daemon's status...}}
     {"ok": false, "command": "frobnicate", "error": "unknown command 'frobnicate'; known: start, stop, ..."}
 
-Commands (:data:`CTL_COMMANDS`) and the :data:`~qasr_live.outputs.events.ControlAction` they map to:
+Commands (:data:`CTL_COMMANDS`) and the :class:`~qasr_live.events.ControlAction` they map to:
 ``start``, ``stop``, ``toggle``, ``cancel``, ``finalize``, ``ptt-press`` → ``ptt_press``, ``ptt-release`` →
 ``ptt_release``; ``status`` asks the daemon's status callback instead. Whatever the action callback returns (a
 dict) is merged into the reply; an exception it raises becomes ``{"ok": false, "error": ...}``. Several
@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from qasr_live.errors import ProtocolError, QasrError
-from qasr_live.outputs.events import ControlAction
+from qasr_live.events import ControlAction
 from qasr_live.runtime import RuntimeFiles, resolve_runtime_dir
 
 __all__ = [
@@ -70,17 +70,20 @@ log = logging.getLogger(__name__)
 
 #: ctl command -> ControlAction (``status`` has none: it asks the status callback).
 CTL_COMMANDS: dict[str, ControlAction | None] = {
-    "start": "start",
-    "stop": "stop",
-    "toggle": "toggle",
-    "cancel": "cancel",
-    "finalize": "finalize",
-    "ptt-press": "ptt_press",
-    "ptt-release": "ptt_release",
+    "start": ControlAction.START,
+    "stop": ControlAction.STOP,
+    "toggle": ControlAction.TOGGLE,
+    "cancel": ControlAction.CANCEL,
+    "finalize": ControlAction.FINALIZE,
+    "ptt-press": ControlAction.PTT_PRESS,
+    "ptt-release": ControlAction.PTT_RELEASE,
     "status": None,
 }
 #: Signals the daemon reacts to, and the action each one triggers.
-SIGNAL_ACTIONS: dict[signal.Signals, ControlAction] = {signal.SIGUSR1: "toggle", signal.SIGUSR2: "cancel"}
+SIGNAL_ACTIONS: dict[signal.Signals, ControlAction] = {
+    signal.SIGUSR1: ControlAction.TOGGLE,
+    signal.SIGUSR2: ControlAction.CANCEL,
+}
 
 _MAX_LINE = 64 * 1024
 _START_HINT = "start it with `qasr-live serve` (or `systemctl --user start qasr-live`)"

@@ -14,7 +14,7 @@ therefore ignores presses of a key that is already down, and a release only coun
 continues the hold). So push-to-talk reports ``ptt_press`` when the combination goes down and ``ptt_release``
 50 ms after one of its keys comes up; ``toggle`` and ``cancel`` fire once per hold.
 
-Actions go to ``on_action(action)`` with the :data:`~qasr_live.outputs.events.ControlAction` name
+Actions go to ``on_action(action)`` with the :class:`~qasr_live.events.ControlAction`
 (``ptt_press``, ``ptt_release``, ``toggle``, ``cancel``), called from the listener's thread (or the release
 timer's) — or, when an asyncio ``loop`` is given, scheduled on that loop with ``call_soon_threadsafe``. Calls
 are serialised and in order: a ``ptt_release`` never overtakes its ``ptt_press``.
@@ -50,9 +50,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from qasr_live.config import HotkeysConfig
+from qasr_live.desktop import Session, SessionKind, detect_session
 from qasr_live.errors import ConfigError, QasrError
-from qasr_live.outputs.events import ControlAction
-from qasr_live.outputs.typing import Session, detect_session
+from qasr_live.events import ControlAction
 
 __all__ = [
     "Availability",
@@ -130,9 +130,9 @@ _ALIASES = {
 }
 _COMBO_MODES = {"ptt": ("ptt", "cancel"), "toggle": ("toggle", "cancel"), "continuous": ("toggle", "cancel")}
 _ACTIONS: dict[str, tuple[ControlAction, ControlAction | None]] = {
-    "ptt": ("ptt_press", "ptt_release"),
-    "toggle": ("toggle", None),
-    "cancel": ("cancel", None),
+    "ptt": (ControlAction.PTT_PRESS, ControlAction.PTT_RELEASE),
+    "toggle": (ControlAction.TOGGLE, None),
+    "cancel": (ControlAction.CANCEL, None),
 }
 
 
@@ -235,15 +235,15 @@ def available(env: Mapping[str, str] | None = None, *, platform: str | None = No
     pynput. On X11 it connects to the display and checks for the RECORD extension pynput listens with."""
     platform = platform or sys.platform
     session = detect_session(env, platform=platform)
-    if session.kind == "macos":
+    if session.kind == SessionKind.MACOS:
         return Availability(True, "macOS: needs the Input Monitoring permission for this program")
-    if session.kind == "wayland":
+    if session.kind == SessionKind.WAYLAND:
         return Availability(
             False,
             f"{session.describe()}: global hotkeys cannot be read on Wayland; bind keys in your compositor to "
             "`qasr-live ctl ptt-press` / `ptt-release` (or `toggle`)",
         )
-    if session.kind == "none":
+    if session.kind == SessionKind.NONE:
         return Availability(False, f"{session.describe()}: no hotkeys; use `qasr-live ctl` or signals")
     return _x_record_available(session)
 
@@ -465,7 +465,7 @@ class HotkeyListener:
         state = available(session.env, platform=platform)
         if not state:
             raise HotkeysUnavailable(f"global hotkeys are unavailable: {state.reason}")
-        if session.kind == "x11":
+        if session.kind == SessionKind.X11:
             for var in ("DISPLAY", "XAUTHORITY"):  # Xlib inside pynput reads the display from the environment
                 if session.env.get(var):
                     os.environ[var] = session.env[var]

@@ -1,18 +1,21 @@
-"""The versioned event protocol: what the daemon publishes over WebSocket (and the ctl socket reuses).
+"""The event vocabulary and versioned protocol: what the daemon publishes (bus, WebSocket) and clients send.
 
 Every message is one frozen dataclass with a class constant ``TYPE``. Server → client events travel as
 ``{"v": 1, "seq": N, "type": "...", ...fields}``; client → server messages as ``{"type": "...", ...fields}``
 (``v`` and ``seq`` may be present there too). Every field is annotated ``Annotated[type, "description"]`` with
-type one of ``str``, ``int``, ``float``, ``bool``, ``Literal[...]``, ``X | None``, ``list[X]``, ``dict[str, X]``;
-parsing and validation are generic, driven by those annotations, and so is ``json_schema()``, from which
+type one of ``str``, :data:`Count`, ``float``, ``bool``, a ``StrEnum`` or ``Literal[...]``, ``X | None``,
+``list[X]``, ``dict[str, X]``; parsing and validation are generic, driven by those annotations (the validator is
+:mod:`qasr_live.schema`, shared with config.yaml), and so is ``json_schema()``, from which
 ``docs/events.schema.json`` is generated::
 
-    python -m qasr_live.outputs.events > docs/events.schema.json
+    python -m qasr_live.events > docs/events.schema.json
 
 Rules of the wire format:
 
-* every ``int`` is non-negative (they are all counters, indices or lengths); a ``float`` must be finite and may
-  be written as a JSON integer;
+* every integer is a :data:`Count`, non-negative (they are all counters, indices or lengths); a ``float`` must
+  be finite and may be written as a JSON integer;
+* a closed set of strings (:class:`DictationState`, :class:`ControlAction`, ...) is a ``StrEnum``: on the wire its
+  member's value, in Python its member (which also compares equal to that string);
 * a field with a default may be left out (or, if it is optional, be ``null``); ``to_dict`` always writes every
   field;
 * unknown types, unknown fields, missing fields and wrongly typed values are refused with a
@@ -25,14 +28,14 @@ and replaces the previous partial of the same utterance (``rev`` increases per u
 """
 
 import dataclasses
+import enum
 import json
-import math
-import types
 import typing
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, Self, Union
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from qasr_live.errors import ProtocolError
+from qasr_live import schema
+from qasr_live.errors import InvalidValue, ProtocolError
 
 __all__ = [
     "CLIENT_MESSAGES",
@@ -44,6 +47,7 @@ __all__ = [
     "ConfigMessage",
     "ControlAction",
     "ControlMessage",
+    "Count",
     "DictationState",
     "EndReason",
     "ErrorEvent",
@@ -73,6 +77,7 @@ class _Message:
 
     __slots__ = ()
     TYPE: ClassVar[str]
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # every subclass is a dataclass
 
     def to_dict(self) -> dict[str, Any]:
         """``{"type": TYPE, ...every field}``, JSON-ready (lists and dicts are copies)."""
@@ -85,11 +90,11 @@ class _Message:
     def from_dict(cls, data: Any) -> Self:
         """Validate ``data`` (the fields, optionally with a matching ``type``) and build the message."""
         if not isinstance(data, dict):
-            raise ProtocolError(f"{cls.TYPE}: expected a JSON object, got {_show(data)}")
+            raise ProtocolError(f"{cls.TYPE}: expected a JSON object, got {schema.describe(data)}")
         data = dict(data)
         kind = data.pop("type", cls.TYPE)
         if kind != cls.TYPE:
-            raise ProtocolError(f"{cls.TYPE}.type: expected {cls.TYPE!r}, got {_show(kind)}")
+            raise ProtocolError(f"{cls.TYPE}.type: expected {cls.TYPE!r}, got {schema.describe(kind)}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = [k for k in data if k not in fields]
         if unknown:
@@ -116,13 +121,64 @@ class ClientMessage(_Message):
     __slots__ = ()
 
 
-# Closed sets of strings on the wire.
-DictationState = Literal["idle", "listening", "recording", "finalizing"]
-RecordMode = Literal["ptt", "toggle", "continuous"]
-EndReason = Literal["silence", "key_release", "max_length", "no_speech", "cancelled", "error"]
-OutputBackend = Literal["pynput", "wtype", "clipboard", "none"]
-ControlAction = Literal["start", "stop", "cancel", "finalize", "toggle", "ptt_press", "ptt_release"]
+# ---------------------------------------------------------------------------------------------- vocabulary
+# Closed sets of strings on the wire. The member order is the order the JSON schema lists them in.
+
+
+class DictationState(enum.StrEnum):
+    """Where the dictation state machine is."""
+
+    IDLE = "idle"
+    LISTENING = "listening"
+    RECORDING = "recording"
+    FINALIZING = "finalizing"
+
+
+class RecordMode(enum.StrEnum):
+    """How recording is started and stopped (``trigger.mode``)."""
+
+    PTT = "ptt"
+    TOGGLE = "toggle"
+    CONTINUOUS = "continuous"
+
+
+class EndReason(enum.StrEnum):
+    """Why an utterance ended."""
+
+    SILENCE = "silence"
+    KEY_RELEASE = "key_release"
+    MAX_LENGTH = "max_length"
+    NO_SPEECH = "no_speech"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+class OutputBackend(enum.StrEnum):
+    """How committed text was delivered (``NONE``: nothing was typed)."""
+
+    PYNPUT = "pynput"
+    WTYPE = "wtype"
+    CLIPBOARD = "clipboard"
+    NONE = "none"
+
+
+class ControlAction(enum.StrEnum):
+    """What a hotkey, ``qasr-live ctl``, a signal or a WebSocket ``control`` message asks the daemon to do."""
+
+    START = "start"
+    STOP = "stop"
+    CANCEL = "cancel"
+    FINALIZE = "finalize"
+    TOGGLE = "toggle"
+    PTT_PRESS = "ptt_press"
+    PTT_RELEASE = "ptt_release"
+
+
+# The TYPE of every server event (checked against SERVER_EVENTS at import).
 ServerEventType = Literal["hello", "state", "utterance_start", "partial", "commit", "utterance_end", "output", "error"]
+
+#: Every integer of the protocol: a counter, index or length, never negative.
+Count = Annotated[int, schema.Rules(minimum=0)]
 
 # ---------------------------------------------------------------------------------------------- server → client
 
@@ -132,7 +188,7 @@ class HelloEvent(ServerEvent):
     """First event on every connection: who the server is and what this client may do."""
 
     TYPE: ClassVar[str] = "hello"
-    protocol: Annotated[int, "protocol version the server speaks (PROTOCOL_VERSION)"]
+    protocol: Annotated[Count, "protocol version the server speaks (PROTOCOL_VERSION)"]
     server_version: Annotated[str, "qasr-live version of the daemon"]
     session_id: Annotated[str, "identifies this daemon run; seq numbers are only comparable within one session"]
     scopes: Annotated[list[str], "what this client is allowed to do (e.g. read, control)"]
@@ -162,9 +218,9 @@ class PartialEvent(ServerEvent):
 
     TYPE: ClassVar[str] = "partial"
     utterance_id: Annotated[str, "the utterance"]
-    rev: Annotated[int, "revision, increasing within the utterance"]
+    rev: Annotated[Count, "revision, increasing within the utterance"]
     text: Annotated[str, "the whole not-yet-committed tail (not a delta)"]
-    stable_prefix_len: Annotated[int | None, "how many leading characters of text are unlikely to change"] = None
+    stable_prefix_len: Annotated[Count | None, "how many leading characters of text are unlikely to change"] = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,7 +229,7 @@ class CommitEvent(ServerEvent):
 
     TYPE: ClassVar[str] = "commit"
     utterance_id: Annotated[str, "the utterance"]
-    idx: Annotated[int, "commit index within the utterance, starting at 0"]
+    idx: Annotated[Count, "commit index within the utterance, starting at 0"]
     text: Annotated[str, "the text appended by this commit"]
 
 
@@ -219,7 +275,7 @@ class SubscribeMessage(ClientMessage):
     """Ask for events: optionally replay those after since_seq, optionally only some types."""
 
     TYPE: ClassVar[str] = "subscribe"
-    since_seq: Annotated[int | None, "replay retained events with seq greater than this"] = None
+    since_seq: Annotated[Count | None, "replay retained events with seq greater than this"] = None
     events: Annotated[list[ServerEventType] | None, "only these event types (all if absent)"] = None
 
 
@@ -261,11 +317,11 @@ def event_to_json(event: _Message, seq: int | None = None) -> str:
     validated first, so whatever this returns, ``event_from_json`` accepts.
     """
     cls = type(event)
-    if REGISTRY.get(getattr(cls, "TYPE", None)) is not cls:
+    if REGISTRY.get(getattr(cls, "TYPE", "")) is not cls:
         raise ProtocolError(f"{cls.__name__} is not a registered event type")
     envelope: dict[str, Any] = {"v": PROTOCOL_VERSION}
     if seq is not None:
-        envelope["seq"] = _check(int, seq, f"{cls.TYPE}.seq")
+        envelope["seq"] = _check(Count, seq, f"{cls.TYPE}.seq")
     elif isinstance(event, ServerEvent):
         _missing(cls, "seq")
     body = event.to_dict()
@@ -281,23 +337,25 @@ def event_from_json(text: str | bytes) -> tuple[int | None, _Message]:
     except (ValueError, TypeError) as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ProtocolError(f"message is not valid JSON: {e}") from None
     if not isinstance(data, dict):
-        raise ProtocolError(f"message must be a JSON object, got {_show(data)}")
+        raise ProtocolError(f"message must be a JSON object, got {schema.describe(data)}")
     kind = data.pop("type", None)
     if kind is None:
         raise ProtocolError("type: required field is missing")
     cls = REGISTRY.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ProtocolError(f"type: unknown message type {_show(kind)} (known: {', '.join(REGISTRY)})")
+        raise ProtocolError(f"type: unknown message type {schema.show(kind)} (known: {', '.join(REGISTRY)})")
     server = issubclass(cls, ServerEvent)
     if "v" in data:
         v = data.pop("v")
         if type(v) is not int or v != PROTOCOL_VERSION:
-            raise ProtocolError(f"{kind}.v: unsupported protocol version {_show(v)} (this is {PROTOCOL_VERSION})")
+            raise ProtocolError(
+                f"{kind}.v: unsupported protocol version {schema.show(v)} (this is {PROTOCOL_VERSION})"
+            )
     elif server:
         _missing(cls, "v")
     seq = None
     if "seq" in data:
-        seq = _check(int, data.pop("seq"), f"{kind}.seq")
+        seq = _check(Count, data.pop("seq"), f"{kind}.seq")
     elif server:
         _missing(cls, "seq")
     return seq, cls.from_dict(data)
@@ -318,7 +376,7 @@ def json_schema() -> dict[str, Any]:
         }
         required = ["v", "seq", "type"] if server else ["type"]
         for f in dataclasses.fields(cls):
-            props[f.name] = {**_type_schema(f.type), "description": _doc(f.type)}
+            props[f.name] = {**schema.json_schema(f.type), "description": _doc(f.type)}
             if _required(f):
                 required.append(f.name)
         defs[cls.TYPE] = {
@@ -333,7 +391,7 @@ def json_schema() -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": f"qasr-live event protocol, version {PROTOCOL_VERSION}",
-        "description": "Generated by qasr_live.outputs.events.json_schema(); do not edit by hand.",
+        "description": "Generated by qasr_live.events.json_schema(); do not edit by hand.",
         "oneOf": [{"$ref": f"#/$defs/{name}"} for name in defs],
         "$defs": defs,
     }
@@ -356,100 +414,41 @@ def _missing(cls: type[_Message], name: str) -> typing.NoReturn:
 
 
 def _doc(tp: Any) -> str:
-    """The description of an ``Annotated[type, "description"]`` field."""
-    if typing.get_origin(tp) is Annotated and isinstance(tp.__metadata__[0], str):
-        return tp.__metadata__[0]
+    """The description of an ``Annotated[type, "description"]`` field (the last metadata item)."""
+    if typing.get_origin(tp) is Annotated and isinstance(tp.__metadata__[-1], str):
+        return tp.__metadata__[-1]
     raise TypeError(f"field type {tp!r} is not Annotated[type, 'description']")
 
 
-def _optional_inner(tp: Any) -> Any:
-    """``X`` for ``X | None`` (or ``Optional[X]``), else ``None``."""
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0]
-    return None
-
-
 def _check(tp: Any, value: Any, where: str) -> Any:
-    """``value`` validated against annotation ``tp`` (floats normalised from ints); ProtocolError otherwise."""
-    if typing.get_origin(tp) is Annotated:
-        tp = tp.__origin__
-    inner = _optional_inner(tp)
-    if inner is not None:
-        return None if value is None else _check(inner, value, where)
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Literal:
-        if isinstance(value, str) and value in args:
-            return value
-        raise ProtocolError(f"{where}: expected one of {', '.join(args)}; got {_show(value)}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ProtocolError(f"{where}: expected a list, got {_show(value)}")
-        return [_check(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ProtocolError(f"{where}: expected an object, got {_show(value)}")
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ProtocolError(f"{where}: keys must be strings, got {_show(key)}")
-            out[key] = _check(args[1], item, f"{where}[{key!r}]")
-        return out
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ProtocolError(f"{where}: expected a string, got {_show(value)}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ProtocolError(f"{where}: expected true or false, got {_show(value)}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-        raise ProtocolError(f"{where}: expected a non-negative integer, got {_show(value)}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        raise ProtocolError(f"{where}: expected a finite number, got {_show(value)}")
-    raise TypeError(f"{where}: unsupported field type {tp!r}")
-
-
-def _type_schema(tp: Any) -> dict[str, Any]:
-    if typing.get_origin(tp) is Annotated:
-        tp = tp.__origin__
-    inner = _optional_inner(tp)
-    if inner is not None:
-        return {"anyOf": [_type_schema(inner), {"type": "null"}]}
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Literal:
-        return {"type": "string", "enum": list(args)}
-    if origin is list:
-        return {"type": "array", "items": _type_schema(args[0])}
-    if origin is dict and args[0] is str:
-        return {"type": "object", "additionalProperties": _type_schema(args[1])}
-    simple = {str: {"type": "string"}, bool: {"type": "boolean"}, float: {"type": "number"}}
-    if tp is int:
-        return {"type": "integer", "minimum": 0}
-    if tp in simple:
-        return dict(simple[tp])
-    raise TypeError(f"unsupported field type {tp!r}")
+    """``value`` validated against annotation ``tp`` and normalised (:func:`qasr_live.schema.check`);
+    otherwise ``ProtocolError`` naming the field."""
+    try:
+        return schema.check(tp, value)
+    except InvalidValue as e:
+        raise ProtocolError(f"{where}{e.path}: {e.problem}") from None
 
 
 def _copy(value: Any) -> Any:
+    """A JSON-ready copy: lists and dicts copied, enum members as their plain string."""
     if isinstance(value, list):
         return [_copy(v) for v in value]
     if isinstance(value, dict):
         return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, enum.Enum):
+        return value.value
     return value
 
 
-def _show(value: Any) -> str:
-    """A short description of a bad value for error messages."""
-    kind = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string"}.get(type(value))
-    kind = kind or {list: "list", dict: "object"}.get(type(value), type(value).__name__)
-    text = repr(value)
-    return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
+def _unsigned_integers(node: Any) -> bool:
+    """Whether every ``integer`` in a JSON schema fragment has a ``minimum`` >= 0 (a rule of the wire format)."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer" and not node.get("minimum", -1) >= 0:
+            return False
+        return all(_unsigned_integers(v) for v in node.values())
+    if isinstance(node, list):
+        return all(_unsigned_integers(v) for v in node)
+    return True
 
 
 def _self_check() -> None:
@@ -463,7 +462,8 @@ def _self_check() -> None:
             if f.name in _RESERVED:
                 raise TypeError(f"{cls.__name__}.{f.name}: {f.name!r} is reserved for the envelope")
             _doc(f.type)
-            _type_schema(f.type)
+            if not _unsigned_integers(schema.json_schema(f.type)):
+                raise TypeError(f"{cls.__name__}.{f.name}: an integer of the protocol is a Count, not an int")
 
 
 _self_check()

@@ -1,0 +1,13 @@
+"""Typing committed text into the focused window: pynput/XTest, wtype or clipboard paste, with fallbacks.
+
+The rooms: :mod:`~qasr_live.outputs.typing.chain` (the :class:`Typist`: backend order, fallbacks, the wait for
+held modifiers), :mod:`~qasr_live.outputs.typing.sanitize` (what may be typed at all),
+:mod:`~qasr_live.outputs.typing.xtest` (the X11 keyboard) and :mod:`~qasr_live.outputs.typing.tools` (wtype and
+the clipboard tools). Which session text goes to is :mod:`qasr_live.desktop`'s question.
+"""
+
+from qasr_live.outputs.typing.chain import Attempt, HotkeyState, OutputResult, Typist, backend_chain
+from qasr_live.outputs.typing.sanitize import sanitize
+from qasr_live.outputs.typing.xtest import x_held_modifiers
+
+__all__ = ["Attempt", "HotkeyState", "OutputResult", "Typist", "backend_chain", "sanitize", "x_held_modifiers"]

@@ -1,0 +1,434 @@
+"""The typist: committed text to the focused window, trying backends in order until one delivers.
+
+The daemon calls :meth:`Typist.type_text` (or :meth:`Typist.type_commit`, which also puts ``typing.separator``
+between utterances) from a worker thread, with **committed text only**: typed text is never revised
+(append-only). Each call:
+
+1. **sanitises** the text (:func:`~qasr_live.outputs.typing.sanitize.sanitize`: no Enter, no Tab, no invisible
+   controls);
+2. **waits until the hotkey's modifiers are released** (up to ``typing.modifier_timeout_s``), so a Ctrl or Alt
+   still held after (or during) push-to-talk does not turn letters into shortcuts. Two sources say what is held:
+   the hotkey listener (``hotkeys=``, :class:`HotkeyState`: it saw every key event) and, in an X11 session, the
+   X server's own key state (so a Ctrl held for a window-manager binding that ran ``qasr-live ctl`` counts too).
+   If the time runs out on X11, the held modifiers are released with XTest for the typing and pressed again
+   after it (what ``xdotool --clearmodifiers`` does), inside the listener's ``synthetic_input()`` block so a
+   push-to-talk still held goes on; elsewhere typing goes on and the result's ``notes`` say so;
+3. **chooses the backends at output time** from the session (:func:`~qasr_live.desktop.detect_session`) and tries
+   them in order until one succeeds (:func:`backend_chain`):
+
+   ==========  ==============================================
+   session     ``typing.backend: auto``
+   ==========  ==============================================
+   X11         pynput → clipboard
+   macOS       pynput → clipboard
+   Wayland     wtype → clipboard  (pynput would only reach XWayland windows, so it is never chosen there)
+   none        clipboard (fails with "no graphical session")
+   ==========  ==============================================
+
+   An explicit ``typing.backend`` is tried first and the clipboard after it. If a backend fails part-way
+   (the ``pynput`` backend types character by character and knows how far it got), the next one gets only the
+   rest, so nothing is typed twice.
+
+Backends (named as in ``typing.backend`` and the ``output`` events, :class:`~qasr_live.events.OutputBackend`):
+
+* **pynput**: in-process key events. On macOS pynput's keyboard controller (Unicode key events), imported on first
+  use, never at module import; on X11 :class:`~qasr_live.outputs.typing.xtest.XKeyboard` (XTest).
+* **wtype** and **clipboard**: command-line tools (:mod:`qasr_live.outputs.typing.tools`). The previous clipboard
+  text is put back ``clipboard_restore_s`` later, unless the clipboard changed meanwhile (a clipboard that held no
+  text, e.g. an image, is not restored). If copying worked but pasting did not, the attempt fails with "text is on
+  the clipboard: press Ctrl+V" and the clipboard is not restored.
+
+**Failure is never silent**: :class:`OutputResult` lists every :class:`Attempt` (backend, ok, error, what it
+delivered, time), and the daemon publishes one ``output`` event per attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import threading
+import time
+from collections.abc import Collection, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from qasr_live.config import TypingConfig
+from qasr_live.desktop import Session, SessionKind, detect_session
+from qasr_live.errors import TypingBackendError
+from qasr_live.events import OutputBackend
+from qasr_live.outputs.typing.sanitize import sanitize
+from qasr_live.outputs.typing.tools import (
+    clipboard_commands,
+    paste_with_tool,
+    read_clipboard,
+    type_with_wtype,
+    write_clipboard,
+)
+from qasr_live.outputs.typing.xtest import XKeyboard
+
+__all__ = ["BACKENDS", "MODIFIERS", "Attempt", "HotkeyState", "OutputResult", "Typist", "backend_chain"]
+
+log = logging.getLogger(__name__)
+
+#: The backends that can deliver text (``OutputBackend.NONE`` is what a result says when nothing was typed).
+BACKENDS: tuple[OutputBackend, ...] = (OutputBackend.PYNPUT, OutputBackend.WTYPE, OutputBackend.CLIPBOARD)
+
+#: Generic modifier names, as the hotkey listener reports them.
+MODIFIERS: tuple[str, ...] = ("ctrl", "alt", "shift", "cmd", "alt_gr")
+
+
+def backend_chain(configured: str, session: Session) -> list[OutputBackend]:
+    """The backends to try, in order, for ``typing.backend`` = ``configured`` in ``session``."""
+    if configured != "auto":
+        if configured not in BACKENDS:
+            raise ValueError(f"typing.backend: unknown backend {configured!r}")
+        first = OutputBackend(configured)
+        return [first] if first == OutputBackend.CLIPBOARD else [first, OutputBackend.CLIPBOARD]
+    if session.kind in (SessionKind.X11, SessionKind.MACOS):
+        return [OutputBackend.PYNPUT, OutputBackend.CLIPBOARD]
+    if session.kind == SessionKind.WAYLAND:
+        return [OutputBackend.WTYPE, OutputBackend.CLIPBOARD]
+    return [OutputBackend.CLIPBOARD]
+
+
+# --------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One backend's try at delivering text."""
+
+    backend: OutputBackend
+    ok: bool
+    error: str | None  # why it failed (None when ok)
+    text: str  # what it was asked to deliver
+    delivered: str  # what it is known to have delivered ("" when nothing; the prefix typed before a failure)
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutputResult:
+    """What became of one :meth:`Typist.type_text` call.
+
+    ``backend``: the backend that delivered the text (``NONE`` when there was nothing to type or typing is
+    disabled; the last one tried when all failed). ``error``: ``None`` when ``ok``, else every attempt's error.
+    ``attempts``: every try in order; publish one ``output`` event per attempt.
+    """
+
+    backend: OutputBackend
+    ok: bool
+    error: str | None
+    text: str  # the sanitised text that was to be delivered
+    attempts: tuple[Attempt, ...] = ()
+    session: str = ""  # Session.describe()
+    waited_s: float = 0.0  # time spent waiting for modifiers to be released
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+# --------------------------------------------------------------------------------------------- the typist
+
+
+class HotkeyState(Protocol):
+    """What the typist needs from the hotkey listener (:class:`~qasr_live.control.hotkeys.HotkeyListener`)."""
+
+    def held_modifiers(self) -> Collection[str]:
+        """Generic names (``ctrl``, ``alt``, ``shift``, ``cmd``, ``alt_gr``) of the modifiers held now."""
+        ...
+
+    def synthetic_input(self) -> AbstractContextManager[Any]:
+        """A block in which this process injects key events that must not end a hotkey hold."""
+        ...
+
+
+class Typist:
+    """Delivers committed text to the focused window; thread-safe (calls are serialised).
+
+    ``config``: the ``typing`` section. ``hotkeys``: what the hotkey listener knows (a
+    :class:`~qasr_live.control.hotkeys.HotkeyListener`, or anything with ``held_modifiers()`` and
+    ``synthetic_input()``, see :class:`HotkeyState`); may be set later with :meth:`set_hotkeys`. ``env``: a fixed
+    environment describing the session (tests); ``None`` = this process's, read again at every call.
+    ``clipboard_restore_s``: delay before the clipboard backend puts the previous clipboard text back.
+    """
+
+    def __init__(
+        self,
+        config: TypingConfig | None = None,
+        *,
+        hotkeys: HotkeyState | None = None,
+        env: Mapping[str, str] | None = None,
+        clipboard_restore_s: float = 1.0,
+        platform: str | None = None,
+    ):
+        self.config = config or TypingConfig()
+        self._hotkeys = hotkeys
+        self._env = dict(env) if env is not None else None
+        self._platform = platform or sys.platform
+        self.clipboard_restore_s = clipboard_restore_s
+        self._lock = threading.RLock()
+        self._x: dict[str, XKeyboard] = {}  # XTest keyboards by X display
+        self._mac_controller: Any = None  # pynput keyboard controller (macOS)
+        self._restore: threading.Timer | None = None
+        self._saved_clipboard: tuple[str, str | None] | None = None  # (our text, previous text)
+        self._last_utterance: str | None = None
+        self._typed_any = False
+
+    # -- public -------------------------------------------------------------------------------------
+
+    def set_hotkeys(self, hotkeys: HotkeyState | None) -> None:
+        """Attach (or detach) the hotkey listener, e.g. once it started."""
+        self._hotkeys = hotkeys
+
+    def session(self) -> Session:
+        return detect_session(self._env, platform=self._platform)
+
+    def type_commit(self, utterance_id: str, text: str) -> OutputResult:
+        """Type one commit; the first commit of a new utterance gets ``typing.separator`` before it, unless
+        nothing was typed before or the text already starts with white space."""
+        with self._lock:
+            clean = sanitize(text)
+            if (
+                utterance_id != self._last_utterance
+                and self._typed_any
+                and clean
+                and not clean[0].isspace()
+                and self.config.separator
+            ):
+                clean = sanitize(self.config.separator) + clean
+            self._last_utterance = utterance_id
+            return self.type_text(clean)
+
+    def type_text(self, text: str) -> OutputResult:
+        """Deliver ``text`` (sanitised first) with the first backend of the chain that works."""
+        with self._lock:
+            clean = sanitize(text)
+            if not self.config.enabled:
+                disabled = ("typing is disabled (typing.enabled)",)
+                return OutputResult(OutputBackend.NONE, True, None, clean, notes=disabled)
+            if not clean:
+                return OutputResult(OutputBackend.NONE, True, None, clean)
+            session = self.session()
+            notes: list[str] = []
+            synthetic = self._hotkeys.synthetic_input() if self._hotkeys is not None else contextlib.nullcontext()
+            waited, cleared = self._wait_for_modifiers(session, notes)
+            with synthetic:
+                if cleared and session.display:
+                    self._release_modifiers(session.display, cleared, notes)
+                try:
+                    attempts = self._try_chain(clean, session)
+                finally:
+                    if cleared and session.display:  # press again what we released, like xdotool --clearmodifiers
+                        try:
+                            self._xkb(session.display).press(cleared)
+                        except TypingBackendError as e:
+                            notes.append(f"could not press the held modifiers again: {e}")
+            ok = attempts[-1].ok
+            if any(a.delivered for a in attempts):
+                self._typed_any = True
+            error = None if ok else "; ".join(a.error for a in attempts if a.error)
+            return OutputResult(
+                attempts[-1].backend, ok, error, clean, tuple(attempts), session.describe(), waited, tuple(notes)
+            )
+
+    def _try_chain(self, text: str, session: Session) -> list[Attempt]:
+        """Every attempt, in order, until one delivered the (rest of the) text."""
+        attempts: list[Attempt] = []
+        remaining = text
+        for backend in backend_chain(self.config.backend, session):
+            started = time.monotonic()
+            try:
+                self._deliver(backend, remaining, session)
+            except TypingBackendError as e:
+                error = f"{backend}: {e}"
+                done = remaining[: e.delivered]
+                attempts.append(Attempt(backend, False, error, remaining, done, time.monotonic() - started))
+                log.warning("typing: %s", error)
+                remaining = remaining[e.delivered :]
+                continue
+            except Exception as e:  # a bug or an unexpected library error must not end the daemon's typing
+                error = f"{backend}: unexpected {type(e).__name__}: {e}"
+                log.exception("typing: %s", error)
+                attempts.append(Attempt(backend, False, error, remaining, "", time.monotonic() - started))
+                continue
+            attempts.append(Attempt(backend, True, None, remaining, remaining, time.monotonic() - started))
+            break
+        return attempts
+
+    def close(self) -> None:
+        """Put back a clipboard waiting to be restored and close X connections."""
+        with self._lock:
+            timer, self._restore = self._restore, None
+            if timer is not None:
+                timer.cancel()
+                self._restore_clipboard()
+            keyboards, self._x = self._x, {}
+            self._mac_controller = None
+        for kb in keyboards.values():
+            kb.close()
+
+    def __enter__(self) -> Typist:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- modifiers ----------------------------------------------------------------------------------
+
+    def _held(self, session: Session) -> tuple[set[str], dict[str, list[int]]]:
+        held: set[str] = set()
+        if self._hotkeys is not None:
+            try:
+                held.update(m for m in self._hotkeys.held_modifiers() if m in MODIFIERS)
+            except Exception:
+                log.exception("typing: the hotkey listener's held_modifiers() failed")
+        x_codes: dict[str, list[int]] = {}
+        if session.kind == SessionKind.X11 and session.display:
+            with contextlib.suppress(TypingBackendError):  # the backend reports the display problem itself
+                x_codes = self._xkb(session.display).held()
+            held.update(x_codes)
+        return held, x_codes
+
+    def _wait_for_modifiers(self, session: Session, notes: list[str]) -> tuple[float, list[int]]:
+        """Block until no modifier is held or ``modifier_timeout_s`` passed: ``(seconds waited, X key codes
+        released because they were still held)``."""
+        started = time.monotonic()
+        deadline = started + self.config.modifier_timeout_s
+        held, x_codes = self._held(session)
+        while held and time.monotonic() < deadline:
+            time.sleep(0.01)
+            held, x_codes = self._held(session)
+        waited = time.monotonic() - started
+        cleared: list[int] = []
+        if held:
+            names = ", ".join(sorted(held))
+            if x_codes and session.display:
+                cleared = [c for group in x_codes.values() for c in group]
+                notes.append(f"{names} still held after {waited:.1f} s: released while typing, then pressed again")
+            else:
+                notes.append(f"{names} still held after {waited:.1f} s; typed anyway")
+            log.warning("typing: %s", notes[-1])
+        return waited, cleared
+
+    def _release_modifiers(self, display: str, codes: list[int], notes: list[str]) -> None:
+        try:
+            self._xkb(display).release(codes)
+        except TypingBackendError as e:
+            codes.clear()
+            notes.append(f"could not release them: {e}")
+
+    # -- backends -----------------------------------------------------------------------------------
+
+    def _deliver(self, backend: OutputBackend, text: str, session: Session) -> None:
+        if backend == OutputBackend.PYNPUT:
+            self._type_pynput(text, session)
+        elif backend == OutputBackend.WTYPE:
+            type_with_wtype(text, session, self.config.char_delay_ms)
+        else:
+            self._paste_clipboard(text, session)
+
+    def _xkb(self, display: str) -> XKeyboard:
+        """The XTest keyboard of ``display``, (re)connected as needed (``TypingBackendError`` names the display)."""
+        kb = self._x.get(display)
+        if kb is None or kb.closed:
+            kb = self._x[display] = XKeyboard(display)
+        return kb
+
+    def _mac(self) -> Any:
+        if self._mac_controller is None:
+            try:
+                from pynput.keyboard import Controller
+
+                self._mac_controller = Controller()
+            except Exception as e:
+                raise TypingBackendError(f"pynput is unavailable: {str(e).splitlines()[0]}") from None
+        return self._mac_controller
+
+    def _type_pynput(self, text: str, session: Session) -> None:
+        delay = self.config.char_delay_ms / 1000.0
+        if session.kind == SessionKind.MACOS:
+            controller = self._mac()
+            for i, ch in enumerate(text):
+                try:
+                    controller.type(ch)
+                except Exception as e:
+                    raise TypingBackendError(
+                        f"failed at character {i + 1} of {len(text)} ({ch!r}): {e}", delivered=i
+                    ) from None
+                if delay:
+                    time.sleep(delay)
+            return
+        if session.kind == SessionKind.WAYLAND:
+            raise TypingBackendError("pynput cannot type into Wayland windows (only XWayland ones); use wtype")
+        if session.kind != SessionKind.X11 or not session.display:
+            raise TypingBackendError(f"no X display to type into: {session.describe()}")
+        reused = session.display in self._x
+        try:
+            self._xkb(session.display).type(text, delay)
+        except TypingBackendError as e:
+            if not (reused and e.delivered == 0 and self._x[session.display].closed):
+                raise
+            # the connection was kept from an X server that has gone since: once more, afresh
+            self._xkb(session.display).type(text, delay)
+
+    # -- clipboard ----------------------------------------------------------------------------------
+
+    def _paste_clipboard(self, text: str, session: Session) -> None:
+        clipboard_commands(session)  # a session without a clipboard fails here, leaving a pending restore alone
+        timer, self._restore = self._restore, None
+        if timer is not None:
+            timer.cancel()  # the clipboard still holds our previous text; keep the saved original
+            previous = self._saved_clipboard[1] if self._saved_clipboard else None
+        else:
+            previous = read_clipboard(session)
+        self._saved_clipboard = None
+        write_clipboard(text, session)
+        try:
+            self._press_paste(session)
+        except TypingBackendError as e:
+            keys = "Cmd+V" if session.kind == SessionKind.MACOS else "Ctrl+V"
+            raise TypingBackendError(
+                f"the text is on the clipboard, but pasting it failed ({e}): press {keys}"
+            ) from None
+        if previous is not None and previous != text and self.clipboard_restore_s >= 0:
+            self._saved_clipboard = (text, previous)
+            self._restore = threading.Timer(self.clipboard_restore_s, self._restore_later, args=(session,))
+            self._restore.daemon = True
+            self._restore.start()
+
+    def _press_paste(self, session: Session) -> None:
+        if paste_with_tool(session):
+            return
+        if session.kind == SessionKind.X11 and session.display:
+            self._xkb(session.display).chord("Control_L", "v")
+            return
+        controller = self._mac()
+        try:
+            from pynput.keyboard import Key
+
+            with controller.pressed(Key.cmd):
+                controller.press("v")
+                controller.release("v")
+        except Exception as e:
+            raise TypingBackendError(f"cannot press Cmd+V with pynput: {e}") from None
+
+    def _restore_later(self, session: Session) -> None:
+        with self._lock:
+            if self._restore is None or self._restore is not threading.current_thread():
+                return  # cancelled or replaced meanwhile
+            self._restore = None
+            self._restore_clipboard(session)
+
+    def _restore_clipboard(self, session: Session | None = None) -> None:
+        saved, self._saved_clipboard = self._saved_clipboard, None
+        if saved is None:
+            return
+        ours, previous = saved
+        session = session or self.session()
+        try:
+            if read_clipboard(session) != ours:
+                return  # the user copied something meanwhile: leave it
+            write_clipboard(previous or "", session)
+        except TypingBackendError as e:
+            log.warning("typing: could not restore the previous clipboard: %s", e)
+
