@@ -16,12 +16,12 @@ dict) is merged into the reply; an exception it raises becomes ``{"ok": false, "
 clients may talk at once: each connection is its own task. A client that sends nothing within
 ``read_timeout_s`` or a line over 64 KiB is answered with an error and dropped.
 
-**One daemon per runtime directory.** :meth:`CtlServer.start` takes an exclusive ``flock`` on ``ctl.lock``
-beside the socket (the kernel drops it when the daemon dies, however it dies). If another live daemon holds it
-(or, without a lock, answers on the socket), :class:`AlreadyRunning` names the socket and how to stop that
-daemon. A socket file left by a crashed daemon is replaced. The socket is bound under a temporary name,
-``chmod 0600`` and renamed into place, so it is never reachable with wider permissions; on close it is removed
-only if it is still ours.
+**One daemon per runtime directory.** The daemon holds the runtime directory's lock
+(:meth:`~qasr_live.runtime.RuntimeFiles.instance_lock`) before it starts this server; the server itself refuses
+to replace a socket on which another server answers (:class:`~qasr_live.errors.AlreadyRunning` names the socket
+and how to stop that daemon). A socket file left by a crashed daemon is replaced. The socket is bound under a
+temporary name, ``chmod 0600`` and renamed into place, so it is never reachable with wider permissions; on close
+it is removed only if it is still ours.
 
 **Client.** :func:`send_command` (what ``qasr-live ctl`` calls) raises :class:`DaemonNotRunning` naming the
 socket path and how to start the daemon when nobody listens.
@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
 import inspect
 import json
 import logging
@@ -51,16 +49,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from qasr_live.errors import ProtocolError, QasrError
+from qasr_live.errors import AlreadyRunning, DaemonNotRunning, ProtocolError, QasrError
 from qasr_live.events import ControlAction
 from qasr_live.runtime import RuntimeFiles, resolve_runtime_dir
 
 __all__ = [
     "CTL_COMMANDS",
     "SIGNAL_ACTIONS",
-    "AlreadyRunning",
     "CtlServer",
-    "DaemonNotRunning",
     "command_action",
     "install_signal_handlers",
     "send_command",
@@ -90,14 +86,6 @@ _START_HINT = "start it with `qasr-live serve` (or `systemctl --user start qasr-
 
 ActionCallback = Callable[[ControlAction], "Mapping[str, Any] | Awaitable[Mapping[str, Any] | None] | None"]
 StatusCallback = Callable[[], "Mapping[str, Any] | Awaitable[Mapping[str, Any]]"]
-
-
-class AlreadyRunning(QasrError):
-    """Another daemon already serves this runtime directory."""
-
-
-class DaemonNotRunning(QasrError):
-    """No daemon answers on the ctl socket."""
 
 
 def command_action(command: str) -> ControlAction | None:
@@ -135,12 +123,10 @@ class CtlServer:
         read_timeout_s: float = 5.0,
     ):
         self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name.removesuffix(".sock") + ".lock")
         self._on_action = on_action
         self._get_status = get_status
         self.read_timeout_s = read_timeout_s
         self._server: asyncio.base_events.Server | None = None
-        self._lock_fd: int | None = None
         self._inode: tuple[int, int] | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -149,43 +135,17 @@ class CtlServer:
         return cls(runtime.ctl_socket, on_action, get_status)
 
     async def start(self) -> None:
-        """Take the single-instance lock, replace a stale socket, bind (0600) and serve."""
+        """Replace a stale socket, bind (0600) and serve."""
         if self._server is not None:
             return
-        self._take_lock()
-        try:
-            self._check_existing_socket()
-            sock = self._bind()
-            self._server = await asyncio.start_unix_server(self._handle, sock=sock, limit=_MAX_LINE)
-        except BaseException:
-            self._release_lock()
-            raise
+        self._check_existing_socket()
+        sock = self._bind()
+        self._server = await asyncio.start_unix_server(self._handle, sock=sock, limit=_MAX_LINE)
         log.info("ctl: listening on %s", self.path)
 
-    def _take_lock(self) -> None:
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise self._already_running() from None
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
-
-    def _release_lock(self) -> None:
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            os.close(fd)  # closing drops the flock; the file stays (removing it would race with a starter)
-
     def _already_running(self) -> AlreadyRunning:
-        pid = ""
-        with contextlib.suppress(OSError, ValueError):
-            pid = f" (pid {int(self.lock_path.read_text().split()[0])})"
         return AlreadyRunning(
-            f"another qasr-live daemon is already running{pid} on {self.path}; stop it first "
+            f"another qasr-live daemon is already running on {self.path}; stop it first "
             "(`systemctl --user stop qasr-live`, or end that process), or give this one another "
             "control.runtime_dir"
         )
@@ -237,7 +197,7 @@ class CtlServer:
         return sock
 
     async def close(self) -> None:
-        """Stop serving, finish the connections in progress (briefly), remove our socket, drop the lock."""
+        """Stop serving, finish the connections in progress (briefly), remove our socket."""
         server, self._server = self._server, None
         if server is None:
             return
@@ -253,7 +213,6 @@ class CtlServer:
                 self.path.unlink()
         except FileNotFoundError:
             pass
-        self._release_lock()
 
     async def __aenter__(self) -> CtlServer:
         await self.start()
