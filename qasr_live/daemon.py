@@ -35,6 +35,7 @@ from qasr_live import __version__
 from qasr_live.audio.vad import NoSpeech, SpeechAudio, SpeechEnd, SpeechStart, VadOptions, VadSegmenter, trim
 from qasr_live.config import AppConfig
 from qasr_live.engine.features import SAMPLE_RATE
+from qasr_live.engine.generation import AnswerLength
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.errors import ConfigError, QasrError
 from qasr_live.outputs.events import (
@@ -89,10 +90,13 @@ class _Utterance:
 class Daemon:
     """Owns every component of a running service; `run()` until `stop()` or a signal."""
 
-    def __init__(self, cfg: AppConfig, model: ModelDir, runtime: RuntimeFiles) -> None:
+    def __init__(
+        self, cfg: AppConfig, model: ModelDir, runtime: RuntimeFiles, *, answer_length: AnswerLength | None = None
+    ) -> None:
         self.cfg = cfg
         self.model = model
         self.runtime = runtime
+        self.answer_length = answer_length  # benchmarks only (bench/daemon.py): the recognizer's forced answers
         self.mode = cfg.trigger.mode
         self.vad = vad_options(cfg)
         self.session_id = uuid.uuid4().hex[:12]
@@ -162,6 +166,7 @@ class Daemon:
             self._encoder,
             language=self.cfg.recognition.language,
             context=self.cfg.recognition.context,
+            answer_length=self.answer_length,
         )
         r = self._recognizer
         r.begin()
@@ -603,8 +608,8 @@ class Daemon:
         }
 
 
-def serve(cfg: AppConfig, model: ModelDir) -> int:
+def serve(cfg: AppConfig, model: ModelDir, *, answer_length: AnswerLength | None = None) -> int:
     runtime = RuntimeFiles.create(cfg.control.runtime_dir)
-    daemon = Daemon(cfg, model, runtime)
+    daemon = Daemon(cfg, model, runtime, answer_length=answer_length)
     asyncio.run(daemon.run())
     return 0
