@@ -2,7 +2,7 @@
 
 Random weights of the real shapes cost exactly what real weights cost: the same matrix sizes, the same
 151,936-row vocabulary, the same cache sizes. Only the words are meaningless, which the benchmark handles by
-forcing the answer length (``engine.forced_tokens_per_second``).
+forcing the answer length (bench/answers.py).
 """
 
 from __future__ import annotations

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.answers import TOKENS_PER_SECOND, tokens_per_second
 from bench.audio import speech
 from bench.models import DECODERS, ENCODERS, prepare
 
 THREADS = 2
-TOKENS_PER_SECOND = 4.0  # a realistic answer length: ~4 text tokens per second of speech
 COMPONENT_SECONDS = 10.0  # audio for the component measurements
 OFFLINE_SECONDS = 60.0
 GEN_TOKENS = 64
@@ -48,10 +48,11 @@ def ours(size: str) -> dict:
     from qasr_live.engine.encoder import AudioEncoder
     from qasr_live.engine.features import log_mel
     from qasr_live.engine.generation import generate
+    from qasr_live.engine.loading import open_decoder
     from qasr_live.engine.model_dir import open_model_dir
-    from qasr_live.engine.pipeline import Transcriber, open_decoder
     from qasr_live.engine.prompt import build_prompt
     from qasr_live.engine.worker import EncoderWorker
+    from qasr_live.offline.pipeline import Transcriber
 
     bench = prepare(size)
     mel = log_mel(speech(COMPONENT_SECONDS))
@@ -101,11 +102,11 @@ def ours(size: str) -> dict:
         )
         decoder.close()
     audio = speech(OFFLINE_SECONDS, seed=1)
-    engine = EngineConfig(decoder_threads=THREADS, forced_tokens_per_second=TOKENS_PER_SECOND)
+    engine = EngineConfig(decoder_threads=THREADS)
     for decoder_precision, encoder_precision in PAIRS:
         model = open_model_dir(bench.model_dir, encoder_precision, decoder_precision)
         with EncoderWorker.for_offline(model.frontend, model.backend, 1, THREADS) as worker:  # as `transcribe`
-            transcriber = Transcriber(model, engine, worker)
+            transcriber = Transcriber(model, engine, worker, answer_length=tokens_per_second(TOKENS_PER_SECOND))
             transcriber.transcribe(audio[: 2 * 16000], language="English")  # warm-up
             tr = transcriber.transcribe(audio, language="English")
             transcriber.close()

@@ -20,9 +20,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from bench.models import ROOT, prepare
-from bench.report import render
-
-RESULTS = ROOT / "bench" / "results"
+from bench.report import PERFORMANCE_DOC, RESULTS, render
 
 
 def _machine() -> dict:
@@ -57,7 +55,7 @@ def main() -> int:
         "--parts", default="official,ours,streaming", help="what to measure; the other parts of an existing result stay"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
+    parser.add_argument("--docs", type=Path, default=PERFORMANCE_DOC)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for size in args.sizes.split(","):

@@ -1,14 +1,15 @@
-"""Streaming measurements: ``python -m bench.streaming SIZE OUT.json [--reps N] [--engine key=value ...]``.
+"""Streaming measurements: ``python -m bench.streaming SIZE OUT.json [--reps N] [--set section.key=value ...]``.
 
 * tick cost: the StreamingRecognizer in this process, 10 s of speech added 0.3 s at a time with a partial tick
   after each addition (what the daemon does at partial_interval_ms 300), then the final decode; every tick's
   encoder / prefill / generation split and KV-cache reuse.
-* the real daemon (`qasr-live serve`, subprocess, readiness by sd_notify) with the q4_k decoder and int8
-  encoder, fed in real time through its stdin as a microphone: first-partial latency (speech onset -> first
-  partial on the WebSocket) and speech-end -> final text (VAD mode, hangover included) or key release -> final
-  text (push-to-talk, release sent over the ctl socket the instant the last sample is written), for 2, 5 and
-  10 s utterances; CPU while armed for 60 s (push-to-talk: microphone closed; continuous: listening to
-  silence); peak RSS of the daemon and its encoder process; cold start to ready.
+* the real daemon (`qasr-live serve` run as `python -m bench.daemon`, which forces the answer length; subprocess,
+  readiness by sd_notify) with the q4_k decoder and int8 encoder, fed in real time through its stdin as a
+  microphone: first-partial latency (speech onset -> first partial on the WebSocket) and speech-end -> final text
+  (VAD mode, hangover included) or key release -> final text (push-to-talk, release sent over the ctl socket the
+  instant the last sample is written), for 2, 5 and 10 s utterances; CPU while armed for 60 s (push-to-talk:
+  microphone closed; continuous: listening to silence); peak RSS of the daemon and its encoder process; cold
+  start to ready.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from bench.answers import TOKENS_PER_SECOND, tokens_per_second
 from bench.audio import RATE, speech, to_int16
 from bench.models import prepare
-from bench.offline import TOKENS_PER_SECOND, peak_rss_mb
+from bench.offline import peak_rss_mb
 from tests.daemon_harness import RealtimeMic, RunningDaemon, write_config
 
 LENGTHS = (2.0, 5.0, 10.0)
@@ -54,12 +56,14 @@ def tick_costs(size: str, settings: dict[str, dict]) -> dict:
 
     bench = prepare(size)
     model = open_model_dir(bench.model_dir, ENCODER, DECODER)
-    engine = EngineConfig(**{"forced_tokens_per_second": TOKENS_PER_SECOND, **settings.get("engine", {})})
+    engine = EngineConfig(**settings.get("engine", {}))
     audio = speech(10.0, seed=3)
     step = int(TICK_STEP_S * RATE)
     with EncoderWorker(model.frontend, model.backend, engine.encoder_threads) as worker:
         streaming = StreamingConfig(**settings.get("streaming", {}))
-        rec = StreamingRecognizer(model, engine, streaming, worker, language="English")
+        rec = StreamingRecognizer(
+            model, engine, streaming, worker, language="English", answer_length=tokens_per_second(TOKENS_PER_SECOND)
+        )
         ticks, finals = [], []
         for run in range(2):  # the first utterance warms up; the second has the first in its decoder memory
             rec.begin()
@@ -109,7 +113,6 @@ def _daemon(size: str, tmp: Path, mode: str, settings: dict[str, dict]) -> Runni
             "n_ctx": 4096,
             "repetition_guard": True,
             "max_new_tokens": 512,
-            "forced_tokens_per_second": TOKENS_PER_SECOND,
             **settings.get("engine", {}),
         },
         recognition={"language": "English"},
@@ -124,7 +127,8 @@ def _daemon(size: str, tmp: Path, mode: str, settings: dict[str, dict]) -> Runni
         if section != "engine":
             cfg.setdefault(section, {}).update(values)
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return RunningDaemon(config, tmp, stdin=subprocess.PIPE)
+    command = ("-m", "bench.daemon", "--tokens-per-second", str(TOKENS_PER_SECOND))
+    return RunningDaemon(config, tmp, stdin=subprocess.PIPE, command=command)
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -71,9 +71,9 @@ def _config(args):
 
 def cmd_transcribe(args) -> int:
     from qasr_live.audio.files import load_audio
-    from qasr_live.engine.pipeline import Transcriber
     from qasr_live.engine.worker import EncoderWorker
-    from qasr_live.outputs.formats import FORMATS, write_outputs
+    from qasr_live.offline.formats import FORMATS, write_outputs
+    from qasr_live.offline.pipeline import Transcriber
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]

@@ -158,9 +158,6 @@ class EngineConfig:
     repack_weights: bool = _opt(
         False, "llama.cpp's interleaved copy of quantized weights (faster generation, slower prefill on x86)"
     )
-    forced_tokens_per_second: float = _opt(
-        0.0, "benchmarks only: ignore end-of-sequence, answer this many tokens per audio second; 0 = off", minimum=0
-    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -56,7 +56,8 @@ from qasr_live.outputs.typing import Typist
 from qasr_live.outputs.websocket import WebSocketServer
 from qasr_live.runtime import RuntimeFiles
 from qasr_live.service import notify
-from qasr_live.streaming.recognizer import AnswerLength, StreamingRecognizer
+from qasr_live.engine.generation import AnswerLength
+from qasr_live.streaming.recognizer import StreamingRecognizer
 
 _LOGGER = logging.getLogger(__name__)
 

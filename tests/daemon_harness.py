@@ -90,7 +90,16 @@ class EventCollector:
 
 
 class RunningDaemon:
-    def __init__(self, config: Path, tmp: Path, *, stdin=None, env: dict | None = None, args: tuple = ()) -> None:
+    def __init__(
+        self,
+        config: Path,
+        tmp: Path,
+        *,
+        stdin=None,
+        env: dict | None = None,
+        args: tuple = (),
+        command: tuple[str, ...] = ("-m", "qasr_live", "serve"),  # the bench's daemon: ("-m", "bench.daemon", ...)
+    ) -> None:
         self.tmp = tmp
         self.runtime_dir = tmp / "run"
         self.journal_path = tmp / "journal.jsonl"
@@ -109,7 +118,7 @@ class RunningDaemon:
         self.log_path = tmp / "daemon.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qasr_live", "serve", "--config", str(config), *args],
+            [sys.executable, *command, "--config", str(config), *args],
             stdin=stdin,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -241,7 +241,7 @@ class DemoRecognizer:
         from qasr_live.config import EngineConfig
         from qasr_live.engine.encoder import AudioEncoder
         from qasr_live.engine.model_dir import open_model_dir
-        from qasr_live.engine.pipeline import Transcriber
+        from qasr_live.offline.pipeline import Transcriber
 
         self.model = open_model_dir(model_dir, encoder, decoder)
         self.encoder = AudioEncoder(self.model.frontend, self.model.backend, threads=1)

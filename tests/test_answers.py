@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from qasr_live.config import EngineConfig
-from qasr_live.engine import pipeline
 from qasr_live.engine.encoder import AudioEncoder
 from qasr_live.engine.generation import GUARD_WINDOW, Generation, generate, is_looping
 from qasr_live.engine.model_dir import open_model_dir
 from qasr_live.engine.prompt import parse_answer
+from qasr_live.offline import pipeline
 
 
 @pytest.mark.parametrize(

@@ -24,9 +24,9 @@ import qasr_live.export.encoder_onnx
 from qasr_live.engine.decoder import Decoder
 from qasr_live.engine.encoder import AudioEncoder
 from qasr_live.engine.model_dir import MANIFEST, decoder_file, encoder_file, open_model_dir, sha256_file
-from qasr_live.engine.pipeline import check_audio
 from qasr_live.errors import AudioError, DecoderError, ExportError, ModelError
 from qasr_live.export.exporter import export_checkpoint
+from qasr_live.offline.pipeline import check_audio
 
 MODEL = "tied"
 # What "auto" picks from the tiny model (encoders fp32,int8; decoders f32,f16,q8_0): the files a run opens.

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from qasr_live.cli import DEMO_MODEL
-from qasr_live.engine.pipeline import is_pause
+from qasr_live.offline.pipeline import is_pause
 from tests.daemon_harness import RunningDaemon, write_config
 from tests.demo_speech import (
     HELDOUT_VOICES,

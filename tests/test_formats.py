@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from qasr_live.engine.transcript import Segment, Stats, Transcript
-from qasr_live.outputs import formats
-from qasr_live.outputs.formats import FORMATS, render, write_outputs
+from qasr_live.offline import formats
+from qasr_live.offline.formats import FORMATS, render, write_outputs
+from qasr_live.offline.transcript import Segment, Stats, Transcript
 
 
 def sample() -> Transcript:

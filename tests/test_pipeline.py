@@ -13,11 +13,16 @@ from qasr_live.config import EngineConfig
 from qasr_live.engine.encoder import AudioEncoder, window_batch
 from qasr_live.engine.features import log_mel
 from qasr_live.engine.model_dir import open_model_dir
-from qasr_live.engine.pipeline import SEGMENT_ROLLBACK_TOKENS, Transcriber, is_pause, segment_bounds
 from qasr_live.engine.worker import EncoderWorker
 from qasr_live.errors import EncoderCrashed
+from qasr_live.offline.pipeline import SEGMENT_ROLLBACK_TOKENS, Transcriber, is_pause, segment_bounds
 
 SR = 16000
+
+
+def per_second(rate: float):
+    """A forced answer length (what the benchmarks pass): `rate` tokens per second of audio."""
+    return lambda seconds: max(1, round(rate * seconds))
 
 
 def noise_with_gaps(seconds: float, gaps: list[float], seed: int = 0, level: float = 0.0) -> np.ndarray:
@@ -81,8 +86,8 @@ def tiny_model(tiny_models):
 
 def record_decoding(transcriber: Transcriber, monkeypatch) -> tuple[list, list]:
     """What the transcriber feeds its decoder (("rows", n) and ("tokens", ids)) and every generation's result."""
-    from qasr_live.engine import pipeline
     from qasr_live.engine.generation import generate
+    from qasr_live.offline import pipeline
 
     decoder = transcriber.decoder
     fed, generations = [], []
@@ -170,12 +175,12 @@ def test_forced_length_ignores_end_of_sequence(tiny_model, monkeypatch):
     """Benchmarks force the answer length: a model that says end-of-sequence at once still answers 4 tokens per
     second of audio; without the option the same model answers nothing."""
     encoder = AudioEncoder(tiny_model.frontend, tiny_model.backend)
-    transcriber = Transcriber(tiny_model, EngineConfig(forced_tokens_per_second=4.0, kv_cache_type="f32"), encoder)
+    transcriber = Transcriber(tiny_model, EngineConfig(kv_cache_type="f32"), encoder, answer_length=per_second(4.0))
     eos = transcriber.decoder.token_id("<|im_end|>")
     monkeypatch.setattr(transcriber.decoder, "sample", lambda index=-1: eos)
     audio = noise_with_gaps(3.0, gaps=[])
     assert transcriber.transcribe(audio, language="English").token_ids == [eos] * 12
-    transcriber.engine = EngineConfig(kv_cache_type="f32")
+    transcriber.answer_length = None
     assert transcriber.transcribe(audio, language="English").token_ids == []
     transcriber.close()
 
@@ -185,15 +190,15 @@ def test_forced_answers_are_made_of_words(tiny_model):
     that streaming commits happen at word boundaries as with speech."""
     encoder = AudioEncoder(tiny_model.frontend, tiny_model.backend)
     audio = noise_with_gaps(3.0, gaps=[])
-    forced = EngineConfig(forced_tokens_per_second=8.0)
+    forced = per_second(8.0)
 
     def is_word(piece: bytes) -> bool:
         return piece[:1] == b" " and piece[1:].isalpha()
 
     answers = {}
     for opened_forced in (False, True):  # the decoder opened for forced answers, or a plain one told to force
-        transcriber = Transcriber(tiny_model, forced if opened_forced else EngineConfig(), encoder)
-        transcriber.engine = forced
+        transcriber = Transcriber(tiny_model, EngineConfig(), encoder, answer_length=forced if opened_forced else None)
+        transcriber.answer_length = forced
         ids = transcriber.transcribe(audio, language="English").token_ids
         answers[opened_forced] = [transcriber.decoder.piece(t) for t in ids]
         transcriber.close()

@@ -18,17 +18,24 @@ from qasr_live.config import EngineConfig, StreamingConfig
 from qasr_live.engine.encoder import WINDOW_ROWS, AudioEncoder
 from qasr_live.engine.features import feature_output_length, log_mel
 from qasr_live.engine.generation import Generation, generate
+from qasr_live.engine.incremental import ClipEncoder
+from qasr_live.engine.loading import open_decoder, stop_ids
 from qasr_live.engine.model_dir import open_model_dir
-from qasr_live.engine.pipeline import open_decoder, stop_ids
 from qasr_live.engine.prompt import prompt_head, prompt_tail
 from qasr_live.engine.worker import EncoderWorker
 from qasr_live.streaming import recognizer as rec_module
+from qasr_live.streaming.commit_policy import CommitPolicy, starts_word, word_boundary
 from qasr_live.streaming.memory import DecoderMemory, MemoryEntry
-from qasr_live.streaming.recognizer import ClipEncoder, StreamingRecognizer
+from qasr_live.streaming.recognizer import StreamingRecognizer
 
 SR = 16000
 # One decoder thread: on a shared 2-core machine llama.cpp's thread barriers turn any contention into stalls.
 ENGINE = EngineConfig(max_new_tokens=24, repetition_guard=False, kv_cache_type="f32", decoder_threads=1)
+
+
+def per_second(rate: float):
+    """A forced answer length (what the benchmarks pass): `rate` tokens per second of audio."""
+    return lambda seconds: max(1, round(rate * seconds))
 
 
 def speechy(seconds: float, seed: int = 0, growing: bool = False) -> np.ndarray:
@@ -62,9 +69,15 @@ def encoder(model):
 def make(model, encoder):
     made = []
 
-    def factory(engine=ENGINE, enc=None, language="English", context="", **streaming):
+    def factory(engine=ENGINE, enc=None, language="English", context="", answer_length=None, **streaming):
         r = StreamingRecognizer(
-            model, engine, StreamingConfig(**streaming), enc or encoder, language=language, context=context
+            model,
+            engine,
+            StreamingConfig(**streaming),
+            enc or encoder,
+            language=language,
+            context=context,
+            answer_length=answer_length,
         )
         made.append(r)
         return r
@@ -99,7 +112,7 @@ def run(rec, audio, step_s=0.5, ticks=True, after_tick=None, tick_last=True):
 
 def test_forced_length_answers_the_utterance_so_far(make):
     """Benchmarks: each decode answers up to 4 tokens per second of the audio so far, end-of-sequence ignored."""
-    rec = make(engine=dataclasses.replace(ENGINE, forced_tokens_per_second=4.0, max_new_tokens=512))
+    rec = make(engine=dataclasses.replace(ENGINE, max_new_tokens=512), answer_length=per_second(4.0))
     eos = rec.decoder.token_id("<|im_end|>")
     rec.decoder.sample = lambda index=-1: eos  # a model that would stop at once
     ticks, _, _ = run(rec, speechy(3.0))
@@ -118,7 +131,7 @@ def test_interrupt_abandons_a_running_tick_and_loses_nothing(make):
     expected = run(plain, audio, ticks=False)[1].text
 
     rec = make()
-    rec.engine = dataclasses.replace(ENGINE, forced_tokens_per_second=8.0)  # a long tick (the same decoder)
+    rec.answer_length = per_second(8.0)  # a long tick (the same decoder)
     real_sample = rec.decoder.sample
     rec.decoder.sample = lambda index=-1: (time.sleep(0.05), real_sample(index))[1]  # a slow model: ~1 s a tick
     rec.begin()
@@ -132,7 +145,7 @@ def test_interrupt_abandons_a_running_tick_and_loses_nothing(make):
     assert tick.partial is None and tick.stats.stopped == "interrupted"
     assert elapsed < 0.6 and 0 < tick.stats.generated_tokens < 24
     rec.decoder.sample = real_sample
-    rec.engine = ENGINE
+    rec.answer_length = None
     assert rec.finish().text == expected
     rec.begin()  # a new utterance is not interrupted
     rec.add_audio(audio)
@@ -368,7 +381,7 @@ def test_commits_are_append_only_word_aligned_and_hold_back_the_rollback(make):
         new = rec._utt.committed[len(committed) :]
         assert new == gen[: len(new)] and len(new) <= len(gen) - 5  # the last 5 tokens stay uncommitted
         if new:
-            assert rec._starts_word(gen, len(new))  # never half a word
+            assert starts_word(gen, len(new), rec.decoder.piece)  # never half a word
         committed.extend(new)
         history.append(len(new))
 
@@ -385,18 +398,47 @@ def test_commits_are_append_only_word_aligned_and_hold_back_the_rollback(make):
 
 def test_word_boundaries(make):
     rec = make()
-    tok = rec.decoder.tokenize
+    tok, piece = rec.decoder.tokenize, rec.decoder.piece
     ids = tok(" hello world again")  # ' ', 'h', 'el', 'lo', ' world', ' ', 'ag', 'a', 'in'
-    assert [k for k in range(1, len(ids)) if rec._starts_word(ids, k)] == [4, 5]
+    assert [k for k in range(1, len(ids)) if starts_word(ids, k, piece)] == [4, 5]
     assert (
-        rec._word_boundary(ids, len(ids)) == 5 and rec._word_boundary(ids, 4) == 4 and rec._word_boundary(ids, 3) == 0
+        word_boundary(ids, len(ids), piece) == 5
+        and word_boundary(ids, 4, piece) == 4
+        and word_boundary(ids, 3, piece) == 0
     )
     cjk = tok("你好世界。")  # multi-byte characters split over tokens: boundaries only between characters
     pieces = [rec.decoder.piece(t) for t in cjk]
-    good = [k for k in range(1, len(cjk)) if rec._starts_word(cjk, k)]
+    good = [k for k in range(1, len(cjk)) if starts_word(cjk, k, piece)]
     assert good and all(not 0x80 <= pieces[k][0] < 0xC0 for k in good)
     accented = tok(" café über")
-    assert [k for k in range(1, len(accented)) if rec._starts_word(accented, k)] == [6]
+    assert [k for k in range(1, len(accented)) if starts_word(accented, k, piece)] == [6]
+
+
+WORD_PIECES = {**{i: f" w{i}".encode() for i in range(10)}, 10: b"ty"}  # 10 continues the word before it
+
+
+def test_commit_policy_holds_back_the_rollback_window_at_word_boundaries():
+    """The pure policy, no decoder: all but `rollback_tokens` of the tail, cut back to where a word starts."""
+    policy = CommitPolicy(WORD_PIECES.__getitem__, rollback_tokens=2, agreement_samples=None)
+    assert policy.tick(8000, "English", [0, 1, 2, 3, 4]) == 3
+    assert policy.tick(9000, "English", [0, 1, 2, 10, 10, 3]) == 2  # not inside the word "w2tyty"
+    assert policy.tick(9500, "English", [0, 10, 10, 1]) == 0  # the only word boundary is inside the window
+    assert policy.rollover([0, 1, 2, 10, 10, 3]) == 2
+
+
+def test_commit_policy_agrees_with_a_tick_that_heard_less_audio():
+    """LocalAgreement-2 over `agreement_samples`: a tick commits what the latest tick that heard at least that
+    much less audio agrees on (same language); earlier ticks keep only what did not get committed."""
+    policy = CommitPolicy(WORD_PIECES.__getitem__, rollback_tokens=0, agreement_samples=4000)
+    assert policy.tick(8000, "English", [0, 1, 2]) == 0  # nothing earlier to agree with
+    assert policy.tick(10000, "English", [0, 1, 5]) == 0  # only 2000 samples earlier: too close to compare
+    assert policy.tick(12000, "English", [0, 1, 6, 7]) == 2  # agrees with the tick at 8000 on [0, 1]
+    assert [h.tail for h in policy.heard] == [(2,), (5,), (6, 7)]  # after the committed prefix
+    assert policy.tick(14000, "English", [6, 7, 8]) == 0  # the tick at 10000 said 5
+    assert policy.tick(16000, "German", [6, 7, 8]) == 0  # the tick at 12000 agrees, in another language
+    assert policy.tick(20000, "German", [6, 7, 9]) == 2
+    policy.forget()
+    assert policy.tick(30000, "German", [9]) == 0
 
 
 def test_local_agreement_commits_only_what_two_ticks_agree_on(make):

@@ -1,1 +1,1 @@
-"""Qwen3-ASR runtime: log-mel features, ONNX audio encoder, GGUF decoder, offline pipeline."""
+"""Qwen3-ASR runtime: log-mel features, ONNX audio encoder, incremental encoding, GGUF decoder and generation."""

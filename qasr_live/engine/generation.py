@@ -12,6 +12,10 @@ from qasr_live.engine.decoder import Decoder
 GUARD_WINDOW = 15
 GUARD_MAX_DISTINCT = 3
 
+# A forced answer length (benchmarks: random weights stop at random places): seconds of audio -> the number of
+# tokens to generate with end-of-sequence ignored, or None to stop at end-of-sequence as usual.
+AnswerLength = Callable[[float], int | None]
+
 
 @dataclass(frozen=True, slots=True)
 class Generation:

@@ -10,23 +10,8 @@ Per utterance::
     finish() -> Final            the endpoint: final decode, everything committed, utterance into memory
     cancel()                     or: drop it (nothing committed later, nothing into memory)
 
-**Incremental encoding.** The encoder's frontend works on 1 s chunks (100 mel frames) and its backend attends
-within 8 s windows (104 rows), so finished audio need not be encoded again. A chunk is *final* once every sample
-its centred STFT frames see has arrived (16000 * (c + 1) + 40 samples); its raw log10 mel is computed once and
-cached. Whisper's normalisation clamps at the clip's global maximum - 8, so a chunk's frontend input is a function
-of that maximum too: the frontend rows of a final chunk are cached with the clamp they were made with and re-run
-only when a growing maximum changes its clamped values (usually never: only frames 80 dB below the peak are
-clamped). The backend re-runs the open (last, incomplete) window on every update; a window whose 8 chunks are all
-final is computed once and frozen (again unless its clamps change). The rows equal
-`encoder.encode(log_mel(audio))` of the audio so far (the *exact* mode, `streaming.reencode_open_window: true`).
-
-`reencode_open_window: false` is the cheaper approximation: a final chunk's frontend runs once, clamped with the
-maximum known then, and its backend rows are computed once, when it first is final, by a backend run over its
-window's rows available then (earlier chunks, itself, and the provisional tail); they are never revised. Only
-the provisional tail (frames that are not final yet) is new at each update, so the decoder re-prefills only the
-rows after the last final chunk instead of the whole open window. The encoder does the same work as the exact
-mode; the decoder saves up to 104 rows of prefill per tick and at the endpoint. Rows of a chunk see less of
-their window than in the exact mode (no right context beyond what had arrived).
+**Incremental encoding** (engine/incremental.py): each final 1 s chunk goes through the encoder frontend once, the
+backend re-runs only the open 8 s window; `streaming.reencode_open_window: false` freezes rows earlier.
 
 **KV-cache reuse.** The decoder keeps what its sequence holds (system turn, rows, tail tokens, generated tokens);
 each decode keeps the longest unchanged prefix (`Decoder.rewind`, i.e. `llama_memory_seq_rm`) and feeds only the
@@ -34,15 +19,11 @@ rest: the system turn, the memory and the frozen windows are not fed again. The 
 so it is fed again whenever a row changed (bounded by the rollover). The previous decode's uncommitted tail is
 passed to generation as a draft: the tokens it reproduces are verified in one batch instead of one decode each.
 
-**Rollback and commits.** Each decode re-generates only the tail after the committed prefix (the committed ids
-follow the header as assistant text). A tick commits the tail minus its last `rollback_tokens` tokens, cut back to
-a word boundary (the next token starts with whitespace, or the boundary touches a CJK character), and with
-`agreement: true` only what an earlier tick's tail agrees with (LocalAgreement-2): the latest tick that heard at
-least `agreement_ms` less audio. Comparing with a tick only a few hundred ms older lets a model that runs ahead
-of the audio (the likeliest continuation of a sentence it has not heard yet) agree with itself; with more
-audio between them the words actually spoken are there to contradict the guess. finish() commits the rest.
-Commits are append-only, and an utterance's commits concatenate to Final.text (the first one has its leading
-whitespace stripped, the last one its trailing whitespace).
+**Rollback and commits** (commit_policy.py): each decode re-generates only the tail after the committed prefix
+(the committed ids follow the header as assistant text); a tick commits what left the rollback window, at a word
+boundary, and with `agreement: true` only what an earlier tick agrees with. finish() commits the rest. Commits
+are append-only, and an utterance's commits concatenate to Final.text (the first one has its leading whitespace
+stripped, the last one its trailing whitespace).
 
 **Language.** A forced language writes the header. Auto-detect: the model states it (`language X<asr_text>`) on
 every decode until something is committed, then the stated language is written as the header (fixed for the
@@ -60,8 +41,7 @@ memory of the rest, which is encoded as a new clip. One decode per rollover; not
 **Encoder worker resilience.** If the encoder worker dies (EncoderCrashed), it is restarted and the failed encoding
 is redone from the retained audio (everything encoded before lives in this process and stays valid).
 
-Threads: begin/tick/finish/cancel from one thread at a time; add_audio may run concurrently with tick/finish (what
-it adds is seen by the next call). `last_prompt`, `last_generation` and `last_rows` are diagnostics for tests and
+Threads: see StreamingRecognizer. `last_prompt`, `last_generation` and `last_rows` are diagnostics for tests and
 benchmarks.
 """
 
@@ -71,333 +51,29 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from qasr_live.config import EngineConfig, StreamingConfig
-from qasr_live.engine.encoder import CHUNK_FRAMES, ROWS_PER_CHUNK, WINDOW_ROWS
-from qasr_live.engine.features import HOP, N_FFT, SAMPLE_RATE, feature_output_length, log_mel_raw, normalize_log_mel
-from qasr_live.engine.generation import Generation, generate
-from qasr_live.engine.kv_cache import PrefixCache, common_prefix
+from qasr_live.engine.encoder import ROWS_PER_CHUNK
+from qasr_live.engine.features import HOP, SAMPLE_RATE, feature_output_length
+from qasr_live.engine.generation import AnswerLength, Generation, generate
+from qasr_live.engine.incremental import CHUNK_SAMPLES, CHUNKS_PER_WINDOW, AudioBuffer, ClipEncoder
+from qasr_live.engine.kv_cache import PrefixCache
+from qasr_live.engine.loading import MIN_SECONDS, open_decoder, stop_ids
 from qasr_live.engine.model_dir import ModelDir
-from qasr_live.engine.pipeline import MIN_SECONDS, forced_length, open_decoder, stop_ids
 from qasr_live.engine.prompt import ASR_TEXT, Prompt, build_prompt, prompt_head, prompt_tail, split_answer
-from qasr_live.errors import AudioError, EncoderCrashed
+from qasr_live.errors import EncoderCrashed
+from qasr_live.streaming.commit_policy import CommitPolicy
 from qasr_live.streaming.memory import DecoderMemory, MemoryEntry
+from qasr_live.streaming.results import Commit, Final, Partial, StatsSum, Tick
 
 _LOGGER = logging.getLogger(__name__)
 
 PARTIAL_MAX_NEW_TOKENS = 32  # per tick, as the official streaming loop; the final decode gets engine.max_new_tokens
 MAX_ENCODER_RESTARTS = 2  # per encoding; a worker that dies again at once is a real error
-CHUNK_SAMPLES = CHUNK_FRAMES * HOP  # 16000: one frontend chunk
-CHUNKS_PER_WINDOW = WINDOW_ROWS // ROWS_PER_CHUNK  # 8
-_LOOKAHEAD = N_FFT // 2 - HOP  # 40: samples after a chunk's end that its last (centred) frame sees
 _MIN_TICK_SAMPLES = int(MIN_SECONDS * SAMPLE_RATE)
-
-
-# --- results --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Commit:
-    """Text that will never change. `idx` counts an utterance's commits from 0, without gaps."""
-
-    idx: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Partial:
-    """The whole not-yet-committed tail: committed text + `text` is the current hypothesis. `rev` counts the
-    utterance's published partials from 1."""
-
-    rev: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    """What one tick() or finish() did (summed over its decodes when a rollover adds one)."""
-
-    audio_s: float = 0.0  # audio of the utterance so far
-    rows: int = 0  # audio rows in the prompt (memory + utterance)
-    encoder_ms: float = 0.0
-    frontend_chunks: int = 0  # 1 s chunks through the encoder frontend
-    backend_rows: int = 0  # rows through the encoder backend
-    encoder_restarts: int = 0
-    prompt_tokens: int = 0  # decoder positions of the prompt(s)
-    reused_tokens: int = 0  # positions kept in the KV cache (not fed again)
-    prefill_tokens: int = 0  # positions fed: prompt_tokens - reused_tokens
-    prefill_ms: float = 0.0
-    generated_tokens: int = 0
-    drafted_tokens: int = 0  # of those, verified in one batch from the previous decode's tail (no decode each)
-    generate_ms: float = 0.0
-    stopped: str = ""  # how the (last) generation ended: eos, max_tokens, repetition; "" = no decode
-    rollovers: int = 0
-    total_ms: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    commits: list[Commit]  # new this tick, in order
-    partial: Partial | None  # None: nothing new to show (no decode, no speech, a loop, or the same text)
-    language: str | None  # forced, fixed or stated so far; None when unknown or no speech
-    stats: Stats
-
-
-@dataclass(frozen=True, slots=True)
-class Final:
-    commits: list[Commit]  # the commits finish() made (the ones ticks made came with those ticks)
-    text: str  # the utterance's whole text: all its commits concatenated ("" for no speech)
-    no_speech: bool
-    language: str | None
-    stats: Stats
-
-
-@dataclass(slots=True)
-class _StatsSum:
-    values: dict = field(default_factory=lambda: {f.name: f.default for f in fields(Stats)})
-
-    def add(self, **kwargs) -> None:
-        for key, value in kwargs.items():
-            self.values[key] += value
-
-    def set(self, **kwargs) -> None:
-        self.values.update(kwargs)
-
-    def freeze(self, t0: float) -> Stats:
-        return Stats(**{**self.values, "total_ms": (time.perf_counter() - t0) * 1000})
-
-
-# --- audio ----------------------------------------------------------------------------------------------------
-
-
-class _AudioBuffer:
-    """The utterance's samples as float32 in a growing array. Samples before `len` never change, so a view of
-    them stays valid while more are appended (from another thread, under the lock)."""
-
-    def __init__(self) -> None:
-        self._data = np.zeros(4 * SAMPLE_RATE, dtype=np.float32)
-        self._n = 0
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return self._n
-
-    def append(self, pcm: np.ndarray) -> None:
-        samples = _as_float_mono(pcm)
-        with self._lock:
-            end = self._n + len(samples)
-            if end > len(self._data):
-                grown = np.zeros(max(end, 2 * len(self._data)), dtype=np.float32)
-                grown[: self._n] = self._data[: self._n]
-                self._data = grown
-            self._data[self._n : end] = samples
-            self._n = end
-
-    def view(self) -> np.ndarray:
-        with self._lock:
-            return self._data[: self._n]
-
-
-def _as_float_mono(pcm: np.ndarray) -> np.ndarray:
-    arr = np.asarray(pcm)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1:
-        raise AudioError(f"streaming audio must be mono, shape (n,) or (n, 1); got {arr.shape}")
-    if arr.dtype == np.int16:
-        return arr.astype(np.float32) / 32768.0
-    if arr.dtype not in (np.float32, np.float64):
-        raise AudioError(f"streaming audio must be int16 or float32 PCM, got {arr.dtype}")
-    arr = arr.astype(np.float32, copy=False)
-    if not np.isfinite(arr).all():
-        raise AudioError("streaming audio holds NaN or infinite samples: the capture or resampler is broken")
-    return arr
-
-
-# --- incremental encoding -------------------------------------------------------------------------------------
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a.setflags(write=False)
-    return a
-
-
-@dataclass(slots=True, eq=False)
-class _Chunk:
-    """A final 1 s chunk: raw log10 mel (computed once), its extremes, and its encodings."""
-
-    raw: np.ndarray  # (128, 100) float64
-    peak: float
-    low: float
-    clamp: float | None = None  # max(floor, low) its frontend rows were made with: equal clamps, equal input
-    front: np.ndarray | None = None  # (13, d_model)
-    out: np.ndarray | None = None  # approximate mode: its frozen backend rows
-
-
-class ClipEncoder:
-    """Incremental encoding of one clip (an utterance, or its part after a rollover) whose samples only grow.
-
-    `update(audio, encoder)` returns the clip's rows as a list of read-only blocks (frozen blocks are the same
-    objects from update to update). Exact mode: their concatenation equals `encoder.encode(log_mel(audio))`.
-    An update is transactional: if the encoder fails, the state is as before and the update can be retried.
-    """
-
-    def __init__(self, exact: bool, start: int = 0, text_start: int = 0) -> None:
-        self.exact = exact
-        self.start = start  # first sample of the clip within the utterance
-        self.text_start = text_start  # committed ids of the utterance before this clip became current
-        self.blocks: list[np.ndarray] = []
-        self.n_samples = 0
-        self._chunks: list[_Chunk] = []
-        self._windows: dict[int, tuple[tuple, np.ndarray]] = {}  # exact mode: frozen window -> (clamps, rows)
-        self.frontend_chunks = 0  # work of the last update
-        self.backend_rows = 0
-
-    @property
-    def rows(self) -> np.ndarray:
-        return np.concatenate(self.blocks) if self.blocks else np.zeros((0, 0), np.float32)
-
-    @staticmethod
-    def final_chunks(n_samples: int) -> int:
-        """Chunks none of whose frames can change when more samples arrive."""
-        return max(0, (n_samples - _LOOKAHEAD) // CHUNK_SAMPLES)
-
-    def update(self, audio: np.ndarray, encoder) -> list[np.ndarray]:
-        n = len(audio)
-        n_frames = n // HOP
-        final = self.final_chunks(n)
-        chunks = self._chunks[:final]  # fewer only when a rollover truncates the clip
-        windows = {w: v for w, v in self._windows.items() if (w + 1) * CHUNKS_PER_WINDOW <= final}
-        if final > len(chunks):
-            first = len(chunks)
-            raw = log_mel_raw(audio, first * CHUNK_FRAMES, final * CHUNK_FRAMES)
-            for c in range(final - first):
-                part = raw[:, c * CHUNK_FRAMES : (c + 1) * CHUNK_FRAMES]
-                chunks.append(_Chunk(part, float(part.max()), float(part.min())))
-        tail_raw = log_mel_raw(audio, final * CHUNK_FRAMES, n_frames)
-        if n_frames == 0:
-            self._commit_state(chunks, windows, [], n, 0, 0)
-            return []
-        peak = max([c.peak for c in chunks] + ([float(tail_raw.max())] if tail_raw.size else []))
-        floor = peak - 8.0
-
-        # Frontend: final chunks whose clamped input changed (or never computed), then the provisional tail.
-        if self.exact:
-            stale = [c for c in range(final) if chunks[c].clamp != max(floor, chunks[c].low)]
-        else:
-            stale = [c for c in range(final) if chunks[c].front is None]
-        tail_frames = tail_raw.shape[1]
-        n_tail_chunks = -(-tail_frames // CHUNK_FRAMES)
-        tail_mel = np.zeros((n_tail_chunks * CHUNK_FRAMES, tail_raw.shape[0]), np.float32)
-        tail_mel[:tail_frames] = normalize_log_mel(tail_raw, peak).T
-        batch = [normalize_log_mel(chunks[c].raw, peak) for c in stale]
-        if n_tail_chunks:  # none when the audio ends within a final chunk's lookahead
-            batch += list(tail_mel.reshape(n_tail_chunks, CHUNK_FRAMES, -1).transpose(0, 2, 1))
-        front = encoder.frontend(np.stack(batch)) if batch else None
-        new_front = {c: front[i] for i, c in enumerate(stale)}
-        n_tail_rows = feature_output_length(n_frames) - final * ROWS_PER_CHUNK
-        tail_front = front[len(stale) :].reshape(-1, front.shape[-1])[:n_tail_rows] if n_tail_chunks else None
-        clamps = {c: max(floor, chunks[c].low) for c in stale}
-
-        def front_rows(c: int) -> np.ndarray:
-            return new_front[c] if c in new_front else chunks[c].front
-
-        backend_rows = 0
-        if self.exact:
-            n_windows = -(-feature_output_length(n_frames) // WINDOW_ROWS)
-            todo, blocks = [], []
-            for w in range(n_windows):
-                cs = range(w * CHUNKS_PER_WINDOW, min(final, (w + 1) * CHUNKS_PER_WINDOW))
-                complete = (w + 1) * CHUNKS_PER_WINDOW <= final
-                key = tuple(clamps.get(c, chunks[c].clamp) for c in cs)
-                if complete and w in windows and windows[w][0] == key:
-                    blocks.append(windows[w][1])
-                    continue
-                rows = [front_rows(c) for c in cs]
-                if not complete and tail_front is not None:
-                    rows.append(tail_front)
-                todo.append((w, complete, key, np.concatenate(rows)))
-                blocks.append(None)
-            if todo:  # one backend run: complete windows are 104 rows each, only the last may be shorter
-                stacked = np.concatenate([rows for *_, rows in todo])
-                out = encoder.backend(stacked)
-                backend_rows = len(stacked)
-                offset = 0
-                for w, complete, key, rows in todo:
-                    block = _readonly(np.array(out[offset : offset + len(rows)], dtype=np.float32))
-                    offset += len(rows)
-                    blocks[w] = block
-                    if complete:
-                        windows[w] = (key, block)
-                    else:
-                        windows.pop(w, None)
-            chunk_out = {}
-        else:
-            pending = [c for c in range(final) if chunks[c].out is None]
-            chunk_out, tail_out = {}, None
-            if pending or tail_front is not None:  # one backend run from the window of the first new row
-                w0 = (pending[0] if pending else final) // CHUNKS_PER_WINDOW
-                rows = [front_rows(c) for c in range(w0 * CHUNKS_PER_WINDOW, final)]
-                if tail_front is not None:
-                    rows.append(tail_front)
-                stacked = np.concatenate(rows)
-                out = encoder.backend(stacked)
-                backend_rows = len(stacked)
-                base = w0 * CHUNKS_PER_WINDOW
-                for c in pending:
-                    i = (c - base) * ROWS_PER_CHUNK
-                    chunk_out[c] = _readonly(np.array(out[i : i + ROWS_PER_CHUNK], dtype=np.float32))
-                if tail_front is not None:
-                    i = (final - base) * ROWS_PER_CHUNK
-                    tail_out = _readonly(np.array(out[i:], dtype=np.float32))
-            blocks = [chunk_out.get(c, chunks[c].out) for c in range(final)]
-            if tail_out is not None:
-                blocks.append(tail_out)
-
-        # Commit the new state only now: an encoder failure above leaves the encoder as it was.
-        for c in stale:
-            chunks[c].front, chunks[c].clamp = new_front[c], clamps[c]
-        for c, rows in chunk_out.items():
-            chunks[c].out = rows
-        self._commit_state(chunks, windows, blocks, n, len(batch), backend_rows)
-        return blocks
-
-    def _commit_state(self, chunks, windows, blocks, n, frontend_chunks, backend_rows) -> None:
-        self._chunks, self._windows, self.blocks, self.n_samples = chunks, windows, blocks, n
-        self.frontend_chunks, self.backend_rows = frontend_chunks, backend_rows
-
-
-# --- KV-cache reuse -------------------------------------------------------------------------------------------
-
-
-# --- the recognizer -------------------------------------------------------------------------------------------
-
-_CJK_RANGES = (
-    (0x2E80, 0x2FDF),  # radicals
-    (0x3000, 0x303F),  # CJK symbols and punctuation
-    (0x3040, 0x30FF),  # hiragana, katakana
-    (0x3100, 0x31FF),  # bopomofo, katakana extensions
-    (0x3400, 0x4DBF),
-    (0x4E00, 0x9FFF),
-    (0xF900, 0xFAFF),
-    (0xFF00, 0xFFEF),  # fullwidth forms and punctuation
-    (0x20000, 0x3FFFF),
-)
-
-
-def _is_cjk(ch: str) -> bool:
-    """A character of a script written without spaces between words (Chinese, Japanese), or its punctuation."""
-    if not ch:
-        return False
-    cp = ord(ch)
-    return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
-
-
-def _utf8_length(lead: int) -> int:
-    return 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
 
 
 @dataclass(slots=True, eq=False)
@@ -408,28 +84,19 @@ class _Utterance:
     header: str | None  # the header written in the prompt once fixed
     header_fixed: bool
     clip: ClipEncoder
-    audio: _AudioBuffer = field(default_factory=_AudioBuffer)
+    policy: CommitPolicy
+    audio: AudioBuffer = field(default_factory=AudioBuffer)
     carry: list[np.ndarray] = field(default_factory=list)  # rows of the clip before a rollover
     text_start: int = 0  # committed[text_start:] is the utterance's text in the prompt
     committed: list[int] = field(default_factory=list)
     commits: list[Commit] = field(default_factory=list)
     text: str = ""
-    heard: list[_Heard] = field(default_factory=list)  # recent ticks' tails, oldest first, for the agreement
     draft: list[int] = field(default_factory=list)  # what the last decode generated after the prompt's end
     partial_rev: int = 0
     partial_text: str | None = None
     decoded_samples: int = -1
     language_now: str | None = None
     speculation: _Decoded | None = None  # speculate()'s final decode, kept for finish(use_speculation=True)
-
-
-@dataclass(slots=True)
-class _Heard:
-    """What a tick decoded after the committed prefix, and how much audio it had heard."""
-
-    samples: int
-    language: str | None
-    tail: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,7 +114,11 @@ class _Decoded:
 class StreamingRecognizer:
     """Owns a Decoder; borrows the encoder (AudioEncoder or EncoderWorker: frontend/backend, and restart() for a
     worker). Methods other than add_audio must be called from one thread at a time; add_audio may run
-    concurrently with tick()/finish() (the audio it adds is seen by the next one)."""
+    concurrently with tick()/finish() (the audio it adds is seen by the next one).
+
+    `answer_length` (benchmarks): seconds of the utterance so far -> the number of tokens its answer is forced to
+    (None: stop at end-of-sequence); each decode generates the tail up to that length, without stop tokens or
+    repetition guard. Given at construction, the decoder samples only whole words (`open_decoder`)."""
 
     def __init__(
         self,
@@ -458,12 +129,14 @@ class StreamingRecognizer:
         *,
         language: str | None = None,
         context: str = "",
+        answer_length: AnswerLength | None = None,
     ) -> None:
         self.model = model
         self.engine = engine
         self.streaming = streaming
         self.encoder = encoder
-        self.decoder = open_decoder(model, engine)
+        self.answer_length = answer_length
+        self.decoder = open_decoder(model, engine, words_only=answer_length is not None)
         self.asr_text_id = self.decoder.token_id(ASR_TEXT)
         self.stop_ids = stop_ids(self.decoder)
         self.memory = DecoderMemory(streaming.memory_tokens, streaming.memory_utterances)
@@ -508,6 +181,11 @@ class StreamingRecognizer:
             header=header,
             header_fixed=self._language is not None or bool(entries),
             clip=ClipEncoder(self.streaming.reencode_open_window),
+            policy=CommitPolicy(
+                self._piece,
+                self.streaming.rollback_tokens,
+                self._agreement_samples if self.streaming.agreement else None,
+            ),
         )
         if self._utt.header_fixed:
             self._utt.language_now = header
@@ -533,7 +211,7 @@ class StreamingRecognizer:
         utt = self._require()
         audio = utt.audio.view()  # what add_audio appends from now on is for the next tick
         n = len(audio)
-        stats = _StatsSum()
+        stats = StatsSum()
         if n == utt.decoded_samples or n < _MIN_TICK_SAMPLES or self._interrupt.is_set():
             return Tick([], None, utt.language_now, stats.freeze(t0))
         commits = self._fit_context(n, stats)
@@ -546,19 +224,15 @@ class StreamingRecognizer:
         utt.decoded_samples = n
         partial = None
         if dec.silent:
-            utt.heard.clear()
+            utt.policy.forget()
             if dec.language == "":
                 utt.language_now = None
         else:
             tail = dec.text_ids
-            limit = len(tail) - self.streaming.rollback_tokens
-            if self.streaming.agreement:
-                limit = min(limit, self._agreed(n, dec.language, tail))
-            k = self._word_boundary(tail, limit)
+            k = utt.policy.tick(n, dec.language, tail)
             commits += self._commit(tail[:k], dec.language, final=False)
             if utt.header_fixed:  # the next prompt ends with the committed ids: expect the rest again
                 utt.draft = tail[k:]
-            self._remember_heard(_Heard(n, dec.language, tail), k)
             utt.language_now = dec.language
             partial = self._partial(tail[k:], bool(commits))
         return Tick(commits, partial, utt.language_now, stats.freeze(t0))
@@ -574,7 +248,7 @@ class StreamingRecognizer:
         n = len(utt.audio)
         if n < _MIN_TICK_SAMPLES or self._needs_fit(n):
             return False
-        stats = _StatsSum()
+        stats = StatsSum()
         blocks = self._encode(utt.clip, utt.audio.view()[utt.clip.start : n], stats)
         utt.speculation = self._decode(blocks, self.engine.max_new_tokens, stats)
         return True
@@ -586,7 +260,7 @@ class StreamingRecognizer:
         t0 = time.perf_counter()
         utt = self._require()
         self._interrupt.clear()
-        stats = _StatsSum()
+        stats = StatsSum()
         commits: list[Commit] = []
         if use_speculation and utt.speculation is not None:
             dec = utt.speculation
@@ -618,7 +292,7 @@ class StreamingRecognizer:
         self._utt = None
         return Final(commits, utt.text, no_speech, language, stats.freeze(t0))
 
-    def _without_memory(self, stats: _StatsSum) -> list[Commit]:
+    def _without_memory(self, stats: StatsSum) -> list[Commit]:
         """The final decode once more, without the memory. With memory a model can take new speech for text it
         has already written (memory text running past its audio, after a misrecognition) and answer nothing;
         as that memory stays, so would the silence, utterance after utterance. If the model hears speech without
@@ -667,7 +341,7 @@ class StreamingRecognizer:
     def _text(self, ids: Sequence[int]) -> str:
         return b"".join(self._piece(t) for t in ids).decode("utf-8", "replace")
 
-    def _encode(self, clip: ClipEncoder, audio: np.ndarray, stats: _StatsSum) -> list[np.ndarray]:
+    def _encode(self, clip: ClipEncoder, audio: np.ndarray, stats: StatsSum) -> list[np.ndarray]:
         restarts = 0
         while True:
             t0 = time.perf_counter()
@@ -697,7 +371,7 @@ class StreamingRecognizer:
         return build_prompt(self._tokenize, utt.context, utt.header if utt.header_fixed else None, rows, text)
 
     def _decode(
-        self, blocks: Sequence[np.ndarray], budget: int, stats: _StatsSum, interrupt: threading.Event | None = None
+        self, blocks: Sequence[np.ndarray], budget: int, stats: StatsSum, interrupt: threading.Event | None = None
     ) -> _Decoded:
         utt, d = self._utt, self.decoder
         prompt = self._prompt(blocks)
@@ -706,7 +380,7 @@ class StreamingRecognizer:
         t1 = time.perf_counter()
         budget = min(budget, d.n_ctx - prompt.n_positions)
         stops, guard = self.stop_ids, self.engine.repetition_guard
-        forced = forced_length(self.engine, stats.values["audio_s"])
+        forced = self.answer_length(stats.values["audio_s"]) if self.answer_length is not None else None
         if forced is not None:  # benchmarks: the tail up to the forced length of the utterance so far
             budget = min(budget, max(1, forced - len(utt.committed)))
             stops, guard = set(), False
@@ -735,46 +409,6 @@ class StreamingRecognizer:
             return _Decoded(utt.header, list(gen.tokens), gen.stopped)
         language, text_ids = split_answer(list(gen.tokens), self.asr_text_id, d.detokenize)
         return _Decoded(language, list(text_ids), gen.stopped)
-
-    def _word_boundary(self, ids: list[int], limit: int) -> int:
-        """The largest k <= limit such that ids[:k] ends at a word boundary (0 if none)."""
-        for k in range(min(limit, len(ids) - 1), 0, -1):
-            if self._starts_word(ids, k):
-                return k
-        return 0
-
-    def _starts_word(self, ids: list[int], k: int) -> bool:
-        """Whether a word starts at ids[k]: its first character is whitespace or CJK, or the character before it is
-        CJK; never inside a UTF-8 sequence split over tokens."""
-        piece = self._piece(ids[k])
-        if not piece or 0x80 <= piece[0] < 0xC0:
-            return False
-        after = b""
-        for t in ids[k : k + 4]:
-            after += self._piece(t)
-            if len(after) >= _utf8_length(piece[0]):
-                break
-        first = after[: _utf8_length(piece[0])].decode("utf-8", "ignore")[:1]
-        before = b"".join(self._piece(t) for t in ids[max(0, k - 4) : k])[-4:].decode("utf-8", "ignore")[-1:]
-        return first.isspace() or _is_cjk(first) or _is_cjk(before)
-
-    def _agreed(self, n: int, language: str | None, tail: list[int]) -> int:
-        """How many leading tokens of `tail` the latest tick that heard `agreement_ms` less audio agrees on."""
-        ref = next((h for h in reversed(self._utt.heard) if h.samples <= n - self._agreement_samples), None)
-        return common_prefix(ref.tail, tail) if ref is not None and ref.language == language else 0
-
-    def _remember_heard(self, heard: _Heard, committed: int) -> None:
-        """Keep `heard` and the ticks a later agreement may still compare with, minus the `committed` tokens just
-        committed from heard.tail (a tick whose tail does not start with them disagrees with the commits: gone)."""
-        utt = self._utt
-        older = heard.samples - self._agreement_samples  # the latest tick at or before it serves the next tick too
-        first = max((i for i, h in enumerate(utt.heard) if h.samples <= older), default=0)
-        done = heard.tail[:committed]
-        utt.heard = [
-            _Heard(h.samples, h.language, h.tail[committed:])
-            for h in [*utt.heard[first:], heard]
-            if h.tail[:committed] == done
-        ]
 
     def _commit(self, ids: list[int], language: str | None, final: bool) -> list[Commit]:
         utt = self._utt
@@ -828,7 +462,7 @@ class StreamingRecognizer:
         over = self._overhead() + feature_output_length(clip_samples // HOP) > self.decoder.n_ctx
         return over or clip_samples > self.engine.segment_seconds * SAMPLE_RATE
 
-    def _fit_context(self, n: int, stats: _StatsSum) -> list[Commit]:
+    def _fit_context(self, n: int, stats: StatsSum) -> list[Commit]:
         """Keep the prompt within n_ctx (with room to generate) and the current clip within segment_seconds:
         drop memory entries from this utterance's prompt, then roll over."""
         utt = self._utt
@@ -862,7 +496,7 @@ class StreamingRecognizer:
             _LOGGER.warning("the decoder context is full: %d tokens of committed text leave the prompt", excess)
             utt.text_start = min(len(utt.committed), utt.text_start + excess)
 
-    def _roll_over(self, final: int, stats: _StatsSum) -> list[Commit]:
+    def _roll_over(self, final: int, stats: StatsSum) -> list[Commit]:
         """Close the current clip at its last completed window (or chunk) that fits the context, decode it, commit
         all but the rollback tokens, and make it the carried memory of a new clip holding the rest of the audio."""
         utt = self._utt
@@ -877,13 +511,13 @@ class StreamingRecognizer:
         commits: list[Commit] = []
         if not dec.silent:
             tail = dec.text_ids
-            k = self._word_boundary(tail, len(tail) - self.streaming.rollback_tokens)
+            k = utt.policy.rollover(tail)
             commits = self._commit(tail[:k], dec.language, final=False)
             utt.draft = tail[k:]
+        utt.policy.forget()
         utt.carry = list(blocks)
         utt.text_start = clip.text_start
         utt.clip = ClipEncoder(clip.exact, start=cut, text_start=len(utt.committed))
-        utt.heard.clear()
         stats.add(rollovers=1)
         _LOGGER.info("long utterance: rolled over at %.1f s", cut / SAMPLE_RATE)
         return commits

@@ -21,17 +21,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from qasr_live.config import EngineConfig
-from qasr_live.engine.decoder import Decoder
 from qasr_live.engine.features import SAMPLE_RATE, log_mel
-from qasr_live.engine.generation import generate
+from qasr_live.engine.generation import AnswerLength, generate
 from qasr_live.engine.kv_cache import PrefixCache
+from qasr_live.engine.loading import MIN_SECONDS, open_decoder, stop_ids
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.engine.prompt import ASR_TEXT, build_prompt, split_answer
-from qasr_live.engine.transcript import Segment, Stats, Transcript
 from qasr_live.errors import AudioError
+from qasr_live.offline.transcript import Segment, Stats, Transcript
 
 _LOGGER = logging.getLogger(__name__)
-MIN_SECONDS = 0.5  # the official pipeline zero-pads shorter clips to this length
 SEGMENT_ROLLBACK_TOKENS = 5
 _SEARCH_SECONDS = 5.0
 _ENERGY_WINDOW = SAMPLE_RATE // 10
@@ -105,57 +104,21 @@ class _Memory:
     text_ids: tuple[int, ...] = ()
 
 
-def open_decoder(model: ModelDir, engine: EngineConfig) -> Decoder:
-    """The model's decoder as `engine` configures it, checked (at load time, not mid-file) to know the tokens the
-    prompt uses."""
-    decoder = Decoder(
-        model.decoder,
-        n_ctx=engine.n_ctx,
-        n_batch=engine.n_batch,
-        threads=engine.decoder_threads,
-        n_gpu_layers=engine.n_gpu_layers,
-        kv_cache_type=engine.kv_cache_type,
-        flash_attention=engine.flash_attention,
-        temperature=engine.temperature,
-        seed=engine.seed,
-        repack=engine.repack_weights,
-    )
-    try:
-        if engine.forced_tokens_per_second > 0:  # benchmarks: random weights answer words, as speech would be
-            decoder.only_sample({t for t in range(decoder.n_vocab) if _is_word(decoder.piece(t))})
-        for name in (ASR_TEXT, "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|audio_start|>", "<|audio_end|>"):
-            decoder.token_id(name)
-    except Exception:
-        decoder.close()
-        raise
-    return decoder
-
-
-def _is_word(piece: bytes) -> bool:
-    """A whole English-like word with its leading space (b" hello"): what forced answers are made of, so that
-    random-weight models commit text at word boundaries as real transcripts do."""
-    return len(piece) > 2 and piece[:1] == b" " and piece[1:].isalpha()
-
-
-def stop_ids(decoder: Decoder) -> set[int]:
-    return {decoder.token_id("<|im_end|>"), decoder.token_id("<|endoftext|>")}
-
-
-def forced_length(engine: EngineConfig, audio_seconds: float) -> int | None:
-    """The answer length `engine.forced_tokens_per_second` asks for (benchmarks), or None: stop at end-of-sequence.
-    A forced answer has no stop tokens and no repetition guard, and is made of whole words (open_decoder)."""
-    rate = engine.forced_tokens_per_second
-    return max(1, round(rate * audio_seconds)) if rate > 0 else None
-
-
 class Transcriber:
-    """Owns a decoder; borrows an encoder (in-process AudioEncoder or EncoderWorker, same methods)."""
+    """Owns a decoder; borrows an encoder (in-process AudioEncoder or EncoderWorker, same methods).
 
-    def __init__(self, model: ModelDir, engine: EngineConfig, encoder) -> None:
+    `answer_length` (benchmarks): seconds of a segment's audio -> the number of tokens its answer is forced to
+    (None: stop at end-of-sequence). A forced answer has no stop tokens and no repetition guard; given at
+    construction, the decoder samples only whole words (`open_decoder(words_only=True)`)."""
+
+    def __init__(
+        self, model: ModelDir, engine: EngineConfig, encoder, *, answer_length: AnswerLength | None = None
+    ) -> None:
         self.model = model
         self.engine = engine
         self.encoder = encoder
-        self.decoder = open_decoder(model, engine)
+        self.answer_length = answer_length
+        self.decoder = open_decoder(model, engine, words_only=answer_length is not None)
         self.asr_text_id = self.decoder.token_id(ASR_TEXT)
         self.stop_ids = stop_ids(self.decoder)
         # A segment's prompt starts with the previous segment's rows as memory, which the previous prompt held at
@@ -231,18 +194,18 @@ class Transcriber:
         stats.prefill_tokens += prompt.n_positions - self._kv.feed(prompt)
         stats.prefill_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
-        forced = forced_length(self.engine, seconds)
+        length = self.answer_length(seconds) if self.answer_length is not None else None
         sampled: list[int] = []
-        if forced is None:
+        if length is None:
             gen = generate(
                 d, self.stop_ids, self.engine.max_new_tokens, self.engine.repetition_guard, on_token=sampled.append
             )
         else:
-            gen = generate(d, set(), forced, repetition_guard=False, on_token=sampled.append)
+            gen = generate(d, set(), length, repetition_guard=False, on_token=sampled.append)
         self._kv.extend(sampled[: d.n_past - prompt.n_positions])
         stats.generated_tokens += len(gen.tokens)
         stats.generate_seconds += time.perf_counter() - t0
-        if forced is None and gen.stopped != "eos":
+        if length is None and gen.stopped != "eos":
             _LOGGER.warning("segment ended by %s after %d tokens", gen.stopped, len(gen.tokens))
         if header_language:
             return gen.tokens, gen.tokens, header_language

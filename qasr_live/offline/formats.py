@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
-from qasr_live.engine.transcript import Segment, Transcript
+from qasr_live.offline.transcript import Segment, Transcript
 
 __all__ = ["FORMATS", "render", "write_outputs"]
 
