@@ -33,10 +33,10 @@ from qasr_live.audio.sources import open_source
 from qasr_live.bus import EventHub
 from qasr_live.config import AppConfig, with_overrides
 from qasr_live.control.ctl import CtlServer, install_signal_handlers
-from qasr_live.dictation import (
+from qasr_live.dictation.controller import DictationController
+from qasr_live.dictation.effects import (
     CloseMic,
     Deliver,
-    DictationController,
     Effect,
     Interrupt,
     Job,
@@ -46,6 +46,7 @@ from qasr_live.dictation import (
     SetRecognition,
     Type,
 )
+from qasr_live.engine.generation import AnswerLength
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.engine.worker import EncoderWorker
 from qasr_live.errors import ProtocolError, QasrError
@@ -56,7 +57,6 @@ from qasr_live.outputs.typing import Typist
 from qasr_live.outputs.websocket import WebSocketServer
 from qasr_live.runtime import RuntimeFiles
 from qasr_live.service import notify
-from qasr_live.engine.generation import AnswerLength
 from qasr_live.streaming.recognizer import StreamingRecognizer
 
 _LOGGER = logging.getLogger(__name__)

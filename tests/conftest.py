@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy.io import wavfile
+from scipy.signal import resample_poly
 
 from qasr_live.export.random_checkpoint import RandomModelSpec
 
@@ -85,3 +90,26 @@ def forget_display_env(monkeypatch):
 @pytest.fixture(scope="session")
 def slow_enabled() -> bool:
     return os.environ.get("QASR_SLOW") == "1"
+
+
+@pytest.fixture(scope="session")
+def say(tmp_path_factory):
+    """Synthesize ``text`` with espeak-ng at 16 kHz, cut to its first..last sample above 1 % of full scale."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    tmp: Path = tmp_path_factory.mktemp("espeak")
+    cache: dict[str, np.ndarray] = {}
+
+    def _say(text: str) -> np.ndarray:
+        if text not in cache:
+            path = tmp / f"{len(cache)}.wav"
+            subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
+            rate, data = wavfile.read(path)
+            assert rate == 22050
+            y = resample_poly(data.astype(np.float64), 320, 441)
+            y = np.clip(np.round(y), -32768, 32767).astype(np.int16)
+            loud = np.flatnonzero(np.abs(y) > 328)
+            cache[text] = y[loud[0] : loud[-1] + 1]
+        return cache[text]
+
+    return _say

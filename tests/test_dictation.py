@@ -312,7 +312,7 @@ def test_release_before_begin_is_done_keeps_the_event_order(speech):
     feed(ctl, speech)
     out = release(ctl)
     assert DictationState.FINALIZING not in states(out)  # utterance_start has not been published yet
-    (finish,) = of(out, Finish)
+    assert of(out, Finish)
     out = ctl.on_result(begin, None)
     assert events(out, UtteranceStartEvent)
     assert states(out) == [DictationState.RECORDING, DictationState.FINALIZING]
@@ -330,11 +330,12 @@ def test_toggle_stop_flushes_the_utterance_as_key_release(speech):
     (begin,) = of(feed(ctl, speech), Begin)
     out = ctl.control(ControlAction.TOGGLE, len(speech))
     (finish,) = of(out, Finish)
-    assert states(out)[-1] == DictationState.IDLE
+    assert DictationState.IDLE not in states(out)  # idle once the utterance's end is published
     ctl.on_result(begin, None)
     out = ctl.on_result(finish, final([(0, "The meeting.")]))
     assert events(out, UtteranceEndEvent)[0].reason == EndReason.KEY_RELEASE
-    assert not ctl.active
+    assert out.index(Publish(ctl.state_event())) > out.index(Publish(events(out, UtteranceEndEvent)[0]))
+    assert ctl.state == DictationState.IDLE and not ctl.active
 
 
 def test_jobs_name_their_utterance(speech):

@@ -7,15 +7,11 @@ Every event list goes through ``_utterances``, which checks the event grammar an
 from __future__ import annotations
 
 import itertools
-import shutil
-import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.io import wavfile
-from scipy.signal import butter, resample_poly, sosfilt
+from scipy.signal import butter, sosfilt
 
 from qasr_live.audio.vad import (
     NoSpeech,
@@ -118,29 +114,6 @@ def _at_peak_frame_dbfs(y: np.ndarray, dbfs: float) -> np.ndarray:
     frames = y[: len(y) // FRAME * FRAME].reshape(-1, FRAME)
     loudest = np.sqrt((frames**2).mean(axis=1)).max()
     return np.round(y * (32768 * 10 ** (dbfs / 20)) / loudest).astype(np.int16)
-
-
-@pytest.fixture(scope="session")
-def say(tmp_path_factory):
-    """Synthesize ``text`` with espeak-ng at 16 kHz, cut to its first..last sample above 1 % of full scale."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
-    tmp: Path = tmp_path_factory.mktemp("espeak")
-    cache: dict[str, np.ndarray] = {}
-
-    def _say(text: str) -> np.ndarray:
-        if text not in cache:
-            path = tmp / f"{len(cache)}.wav"
-            subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
-            rate, data = wavfile.read(path)
-            assert rate == 22050
-            y = resample_poly(data.astype(np.float64), 320, 441)
-            y = np.clip(np.round(y), -32768, 32767).astype(np.int16)
-            loud = np.flatnonzero(np.abs(y) > 328)
-            cache[text] = y[loud[0] : loud[-1] + 1]
-        return cache[text]
-
-    return _say
 
 
 def _pad(speech: np.ndarray, lead: int, tail: int, seed: int = 0) -> np.ndarray:

@@ -71,7 +71,6 @@ from qasr_live.events import (
 )
 from qasr_live.streaming.results import Commit, Final, Tick
 
-
 # ---------------------------------------------------------------------------------------------------- controller
 
 
@@ -190,7 +189,8 @@ class DictationController:
             self._end(EndReason.KEY_RELEASE)
         else:
             self._flush(EndReason.KEY_RELEASE)
-        self._set_state(DictationState.IDLE)
+        if not self._ending:  # else the last final result moves to idle, after its utterance_end
+            self._set_state(DictationState.IDLE)
 
     def shutdown(self) -> list[Effect]:
         """The daemon stops: the user may be mid-sentence, keep what was said."""
