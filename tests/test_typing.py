@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.desktop import TkTextWindow, Xvfb, clipboard_get, clipboard_set, require, set_layouts, xdotool
 from qasr_live.config import TypingConfig
 from qasr_live.outputs.typing import (
     BackendError,
@@ -21,7 +22,6 @@ from qasr_live.outputs.typing import (
     sanitize,
     x_held_modifiers,
 )
-from tests.desktop import TkTextWindow, Xvfb, clipboard_get, clipboard_set, require, set_layouts, xdotool
 
 # the listener / typist export the session's DISPLAY into os.environ (pynput's Xlib reads it there): undo that
 pytestmark = pytest.mark.usefixtures("forget_display_env")
