@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from tests.demo_speech import heldout_sentences, synthesize
+from devkit.demo_speech import heldout_sentences, synthesize
 
 RATE = 16000
 GAP_S = 0.15  # between sentences inside one utterance (the VAD hangover is 0.6 s)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qasr_live.export.random_checkpoint import QWEN3_ASR_0_6B, QWEN3_ASR_1_7B, RandomModelSpec
+from devkit.random_checkpoint import QWEN3_ASR_0_6B, QWEN3_ASR_1_7B, RandomModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 # "tiny": the test suite's default sizes, seconds to build: a smoke run of the benchmark code, not a measurement.
@@ -38,8 +38,8 @@ class BenchModel:
 def prepare(size: str, log=print) -> BenchModel:
     """The cached checkpoint and export of `size`, built on first use (0.6B: ~1.5 min and 4 GB of disk on 2
     cores; 1.7B: ~4 min and 10 GB)."""
+    from devkit.random_checkpoint import build_random_checkpoint
     from qasr_live.export.exporter import export_checkpoint
-    from qasr_live.export.random_checkpoint import build_random_checkpoint
 
     base = cache_dir() / size
     checkpoint, model_dir = base / "checkpoint", base / "model"

@@ -30,7 +30,7 @@ from bench.answers import TOKENS_PER_SECOND, tokens_per_second
 from bench.audio import RATE, speech, to_int16
 from bench.models import prepare
 from bench.offline import peak_rss_mb
-from tests.daemon_harness import RealtimeMic, RunningDaemon, write_config
+from devkit.daemon_harness import RealtimeMic, RunningDaemon, write_config
 
 LENGTHS = (2.0, 5.0, 10.0)
 DECODER, ENCODER = "q4_k", "int8"

@@ -9,7 +9,7 @@ SUDO=""
 # Runtime: libportaudio2 (microphone), ffmpeg (any audio file format), xdotool/xclip/wtype/wl-clipboard (typing
 # backends). Tests: espeak-ng (speech), xvfb + pulseaudio + libasound2-plugins (a real display and microphone),
 # libtk8.6 (the Tk window the tests type into), systemd (unit check). Demo model training
-# (scripts/demo_model/build.sh): libtcmalloc-minimal4.
+# (training/demo_model/build.sh): libtcmalloc-minimal4.
 APT_PACKAGES=(build-essential cmake ffmpeg libportaudio2 espeak-ng xvfb xdotool xclip wtype wl-clipboard
   x11-xkb-utils xkb-data pulseaudio pulseaudio-utils libasound2-plugins libtk8.6 procps systemd libtcmalloc-minimal4)
 missing=()

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random-weight Qwen3-ASR checkpoints built with the official classes, and their exports."""
+"""Shared fixtures: tiny random-weight Qwen3-ASR checkpoints built with the official classes (devkit), and their
+exports."""
 
 from __future__ import annotations
 
@@ -12,32 +13,8 @@ import pytest
 from scipy.io import wavfile
 from scipy.signal import resample_poly
 
-from qasr_live.export.random_checkpoint import RandomModelSpec
+from devkit.random_checkpoint import TINY_SPECS
 
-# Two architectures that differ in every size that matters: tied vs untied output head, MHA vs 3:1 GQA,
-# head_dim 16 vs 32, widths not powers of two. init_std 0.1 makes greedy outputs varied (0.02 collapses into
-# one repeated token), and f16-exact weights let an f16 GGUF hold exactly the reference's weights.
-TINY_SPECS = {
-    "tied": RandomModelSpec(init_std=0.1, f16_exact_weights=True, tie_word_embeddings=True, seed=1),
-    "untied_gqa": RandomModelSpec(
-        audio_d_model=96,
-        audio_layers=3,
-        audio_heads=4,
-        audio_ffn=160,
-        downsample_hidden=24,
-        text_hidden=96,
-        text_layers=3,
-        text_heads=3,
-        text_kv_heads=1,
-        head_dim=32,
-        text_ffn=192,
-        bpe_vocab=700,
-        init_std=0.1,
-        f16_exact_weights=True,
-        tie_word_embeddings=False,
-        seed=2,
-    ),
-}
 PARITY_DECODERS = ("f32", "f16", "q8_0")
 PARITY_ENCODERS = ("fp32", "int8")
 
@@ -61,7 +38,7 @@ def report(pytestconfig):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    from qasr_live.export.random_checkpoint import build_random_checkpoint
+    from devkit.random_checkpoint import build_random_checkpoint
 
     root = tmp_path_factory.mktemp("checkpoints")
     return {name: build_random_checkpoint(root / name, spec) for name, spec in TINY_SPECS.items()}

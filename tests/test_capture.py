@@ -1,5 +1,5 @@
 """Audio capture and sources: the streaming resampler, device selection, file/stdin sources, and a real
-microphone — a private PulseAudio null sink (tests/pulse.py) recorded through PortAudio, with real signals
+microphone — a private PulseAudio null sink (devkit/pulse.py) recorded through PortAudio, with real signals
 played into it, the sink removed and restored, and open/close cycles timed."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
+from devkit.pulse import PulseAudio
 from qasr_live.audio.capture import MicrophoneSource
 from qasr_live.audio.devices import InputDevice, find_input_device, list_input_devices
 from qasr_live.audio.files import load_audio
@@ -31,7 +32,6 @@ from qasr_live.audio.resample import StreamResampler
 from qasr_live.audio.sources import FileSource, StdinSource, open_source
 from qasr_live.config import AudioConfig
 from qasr_live.errors import AudioDeviceError
-from tests.pulse import PulseAudio
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000

@@ -20,12 +20,12 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from devkit.daemon_checks import assert_heard, check_event_stream, commits_by_utterance, journal_by_utterance
+from devkit.daemon_harness import RealtimeMic, RunningDaemon, write_config
+from devkit.demo_speech import known_sentences
 from qasr_live.cli import DEMO_MODEL
-from tests.daemon_harness import RealtimeMic, RunningDaemon, write_config
-from tests.demo_speech import known_sentences, wer
 
 RATE = 16000
-EXTRA_ERRORS = 2
 
 
 def _pcm(audio: np.ndarray) -> np.ndarray:
@@ -52,44 +52,6 @@ def _write_wav(path: Path, pcm: np.ndarray) -> Path:
     return path
 
 
-def check_event_stream(events: list[dict]) -> dict[str, list[dict]]:
-    """The protocol invariants every run must satisfy; returns the events grouped by utterance."""
-    assert events[0]["type"] == "hello" and events[0]["seq"] == 0
-    numbered = [e["seq"] for e in events if e["seq"] > 0]
-    assert numbered == sorted(set(numbered)), "published seq numbers must strictly increase"
-    utterances: dict[str, list[dict]] = {}
-    for e in events:
-        if "utterance_id" in e and e["type"] != "output":
-            utterances.setdefault(e["utterance_id"], []).append(e)
-    for uid, evs in utterances.items():
-        kinds = [e["type"] for e in evs]
-        assert kinds[0] == "utterance_start", (uid, kinds)
-        assert kinds.count("utterance_end") <= 1 and ("utterance_end" not in kinds or kinds[-1] == "utterance_end")
-        commits = [e for e in evs if e["type"] == "commit"]
-        assert [c["idx"] for c in commits] == list(range(len(commits))), "commit idx must count 0, 1, 2, ..."
-        revs = [e["rev"] for e in evs if e["type"] == "partial"]
-        assert revs == sorted(set(revs)), "partial rev must increase"
-        end = evs[-1]
-        if end["type"] == "utterance_end" and end["reason"] == "no_speech":
-            assert not commits, "a no-speech utterance must not commit text"
-    return utterances
-
-
-def commits_by_utterance(events: list[dict]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for e in events:
-        if e["type"] == "commit":
-            out[e["utterance_id"]] = out.get(e["utterance_id"], "") + e["text"]
-    return out
-
-
-def journal_by_utterance(entries) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for entry in entries:
-        out[entry.utterance_id] = out.get(entry.utterance_id, "") + entry.text
-    return out
-
-
 @pytest.fixture(scope="module")
 def model() -> Path:
     return DEMO_MODEL
@@ -110,13 +72,6 @@ def texts(known) -> list[str]:
 def sentences(known) -> list[np.ndarray]:
     """The texts spoken by the demo model's held-out voice, as 16 kHz int16."""
     return [_pcm(audio) for _, audio in known]
-
-
-def assert_heard(said: list[str], committed: list[str]) -> None:
-    """The daemon committed what was said (which offline transcription gets right): at most `EXTRA_ERRORS`
-    wrong words (a streaming commit is final, so a partial that misheard a word keeps it)."""
-    _, errors, words = wer([" ".join(said)], [" ".join(committed)])
-    assert errors <= EXTRA_ERRORS, f"{errors}/{words} words wrong: said {said}, committed {committed}"
 
 
 def test_continuous_file_replay(tmp_path: Path, model: Path, texts, sentences) -> None:

@@ -2,8 +2,9 @@
 
 Speech is synthesized here with espeak-ng from the model's own grammar (vocabulary.json): sentences that the
 grammar's held-out rule kept out of training, spoken by the held-out voice (en-gb-x-rp, never trained on) and by
-training voices. WER normalisation: see tests/demo_speech.py (lower case, punctuation dropped).
-QASR_DEMO_MODEL=DIR runs the gates on a candidate directory (scripts/demo_model/package.py --out DIR) instead.
+training voices. WER normalisation: see devkit/demo_speech.py (lower case, punctuation dropped).
+QASR_DEMO_MODEL=DIR runs the gates on a candidate directory (`python -m training.demo_model.package --out DIR`)
+instead.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qasr_live.cli import DEMO_MODEL
-from qasr_live.offline.pipeline import is_pause
-from tests.daemon_harness import RunningDaemon, write_config
-from tests.demo_speech import (
+from devkit.daemon_checks import check_event_stream, commits_by_utterance
+from devkit.daemon_harness import RunningDaemon, write_config
+from devkit.demo_speech import (
     HELDOUT_VOICES,
     SAMPLE_RATE,
     DemoRecognizer,
@@ -37,8 +37,9 @@ from tests.demo_speech import (
     vocabulary_words,
     wer,
 )
-from tests.pulse import PulseAudio, require_pulse
-from tests.test_daemon import check_event_stream, commits_by_utterance
+from devkit.pulse import PulseAudio, require_pulse
+from qasr_live.cli import DEMO_MODEL
+from qasr_live.offline.pipeline import is_pause
 
 MODEL = Path(os.environ.get("QASR_DEMO_MODEL") or DEMO_MODEL)
 pytestmark = pytest.mark.skipif(not (MODEL / "manifest.json").exists(), reason=f"no demo model in {MODEL}")

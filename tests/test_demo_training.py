@@ -6,7 +6,7 @@ Tiny sizes (48 clips, 3 steps): this checks the scripts, not the model's quality
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import subprocess
 import sys
@@ -17,23 +17,27 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ROOT / "scripts" / "demo_model"
+RECIPE = "training.demo_model"
 MIX = "single=0.2,several=0.2,long=0.3,long_memory=1:2+2:3,long_current=1:3"  # most samples carry a memory
 
 
 def script(name: str, *args: object) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SCRIPTS / name), *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", f"{RECIPE}.{name}", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     work = tmp_path_factory.mktemp("demo_training")
-    done = script("data.py", "--out", work / "data", "--n", 48, "--workers", 1, "--clean")
+    done = script("data", "--out", work / "data", "--n", 48, "--workers", 1, "--clean")
     assert done.returncode == 0, done.stderr
     done = script(
-        "train.py", "--data", work / "data", "--work", work / "run", "--steps", 3, "--warmup", 1, "--save-every", 2,
+        "train", "--data", work / "data", "--work", work / "run", "--steps", 3, "--warmup", 1, "--save-every", 2,
         "--threads", 1, "--no-memory-grad", "--token-dropout", 0.1, "--mix", MIX, "--average-from", 1,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -42,12 +46,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def train():
-    spec = importlib.util.spec_from_file_location("demo_train", SCRIPTS / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    return importlib.import_module(f"{RECIPE}.train")
 
 
 def test_training_checkpoints_its_recipe(trained):
@@ -94,7 +93,7 @@ def test_memory_pieces_are_encoded_as_context_without_gradients(trained, train):
 def test_conv_width_that_contradicts_the_starting_checkpoint_is_an_error(trained, tmp_path):
     data, checkpoint = trained
     done = script(
-        "train.py", "--data", data, "--work", tmp_path, "--init-from", checkpoint, "--steps", 1, "--conv-width", 16
+        "train", "--data", data, "--work", tmp_path, "--init-from", checkpoint, "--steps", 1, "--conv-width", 16
     )
     assert done.returncode == 2
     assert "--conv-width 16" in done.stderr and "32 channels" in done.stderr

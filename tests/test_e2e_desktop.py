@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from devkit.daemon_checks import assert_heard, check_event_stream, commits_by_utterance, journal_by_utterance
+from devkit.daemon_harness import RunningDaemon, write_config
+from devkit.demo_speech import known_sentences
+from devkit.desktop import TkTextWindow, Xvfb, xdotool
+from devkit.pulse import PulseAudio
 from qasr_live.cli import DEMO_MODEL
 from qasr_live.outputs.typing import sanitize
-from tests.daemon_harness import RunningDaemon, write_config
-from tests.demo_speech import known_sentences
-from tests.desktop import TkTextWindow, Xvfb, xdotool
-from tests.pulse import PulseAudio
-from tests.test_daemon import assert_heard, check_event_stream, commits_by_utterance, journal_by_utterance
 
 HOTKEY = "ctrl+alt+space"
 

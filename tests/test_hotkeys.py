@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from devkit.desktop import TkTextWindow, Xvfb, require, xdotool
 from qasr_live.config import HotkeysConfig, TypingConfig
 from qasr_live.control.hotkeys import (
     ComboMatcher,
@@ -23,7 +24,6 @@ from qasr_live.control.hotkeys import (
 )
 from qasr_live.errors import ConfigError
 from qasr_live.outputs.typing import Typist
-from tests.desktop import TkTextWindow, Xvfb, require, xdotool
 
 # the listener / typist export the session's DISPLAY into os.environ (pynput's Xlib reads it there): undo that
 pytestmark = pytest.mark.usefixtures("forget_display_env")

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import scipy.io.wavfile
 
+from devkit.random_checkpoint import TINY_SPECS
+from devkit.reference import reference_audio_rows, reference_generate
 from qasr_live.engine.encoder import AudioEncoder
 from qasr_live.engine.features import log_mel
 from qasr_live.engine.model_dir import encoder_file
-from tests.conftest import TINY_SPECS
-from tests.reference import reference_audio_rows, reference_generate
 
 MAX_NEW_TOKENS = 24
 # (language, context) per CLI run; three audio files each -> 12 cases per checkpoint, 24 in all.
@@ -156,9 +156,9 @@ def test_quantized_agreement_is_reported(tiny_models, references, tmp_path, deco
 
 def test_prompt_ids_equal_official_processor(tiny_checkpoints, tiny_models):
     """The prompt around the audio rows, tokenized by llama.cpp from the GGUF, equals the official input ids."""
+    from devkit.reference import load_reference, reference_prompt
     from qasr_live.engine.decoder import Decoder
     from qasr_live.engine.prompt import prompt_head, prompt_tail
-    from tests.reference import load_reference, reference_prompt
 
     for name, src in tiny_checkpoints.items():
         _, processor = load_reference(str(src))

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from devkit.desktop import TkTextWindow, Xvfb, clipboard_get, clipboard_set, require, set_layouts, xdotool
 from qasr_live.config import TypingConfig
 from qasr_live.desktop import detect_session
 from qasr_live.errors import TypingBackendError
 from qasr_live.outputs.typing import Typist, backend_chain, sanitize, x_held_modifiers
-from tests.desktop import TkTextWindow, Xvfb, clipboard_get, clipboard_set, require, set_layouts, xdotool
 
 # the listener / typist export the session's DISPLAY into os.environ (pynput's Xlib reads it there): undo that
 pytestmark = pytest.mark.usefixtures("forget_display_env")

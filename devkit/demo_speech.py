@@ -1,6 +1,6 @@
 """Synthetic English speech for the demo model: its grammar, espeak-ng synthesis, no-speech clips and WER.
 
-Shared by the demo model's data generation (scripts/demo_model/data.py) and its quality gates
+Shared by the demo model's data generation (training/demo_model/data.py) and its quality gates
 (tests/test_demo_model.py); the daemon tests can reuse it (`heldout_sentences`, `synthesize`, `wer`).
 
 Text normalisation for WER (`normalize`): lower case, every character other than a letter, a digit or an

@@ -1,7 +1,7 @@
 """Opt-in check at full size: a random-weight checkpoint with the real Qwen3-ASR-0.6B shapes (or 1.7B) goes
 through `qasr-live export` and `qasr-live transcribe`, and the greedy ids are compared with the official model.
 
-    python scripts/check_real_shape.py [--size 0.6b|1.7b] [--work DIR] [--seconds 10]
+    python -m bench.check_real_shape [--size 0.6b|1.7b] [--work DIR] [--seconds 10]
 
 Takes a few minutes and ~10 GB of disk on 2 cores. Prints timings and the agreement of each precision.
 """
@@ -18,10 +18,8 @@ from pathlib import Path
 import numpy as np
 import scipy.io.wavfile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from qasr_live.export.random_checkpoint import QWEN3_ASR_0_6B, QWEN3_ASR_1_7B, build_random_checkpoint
-from tests.reference import reference_generate
+from devkit.random_checkpoint import QWEN3_ASR_0_6B, QWEN3_ASR_1_7B, build_random_checkpoint
+from devkit.reference import reference_generate
 
 
 def main() -> int:

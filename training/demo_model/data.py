@@ -7,14 +7,13 @@ every run (for a given espeak-ng version) whatever the number of worker processe
     index.json  per clip: offset and frames into mel.f16, text ("" = no speech), speaker (voice+variant), settings
 
 Held-out sentences (vocabulary.json `heldout_rule`) and the held-out voice (en-gb-x-rp) are never produced.
-Run from the repository root: python3 scripts/demo_model/data.py --out DIR [--n N]
+Run from the repository root: python3 -m training.demo_model.data --out DIR [--n N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from functools import partial
 from multiprocessing import Pool
@@ -23,10 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import butter, fftconvolve, sosfilt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from qasr_live.engine.features import log_mel
-from tests.demo_speech import (
+from devkit.demo_speech import (
     SAMPLE_RATE,
     TRAIN_PITCHES,
     TRAIN_SPEEDS,
@@ -38,6 +34,7 @@ from tests.demo_speech import (
     sentence,
     synthesize,
 )
+from qasr_live.engine.features import log_mel
 
 SEED = 20240604
 NO_SPEECH_FRACTION = 0.06

@@ -15,7 +15,7 @@ with memory rows but no committed text states the language itself. No-speech cli
 rows against the tied embedding matrix (blank = <|audio_pad|>) speeds up learning the alignment; it has no
 parameters of its own, so nothing but the official model is saved.
 
-Run from the repository root: python3 scripts/demo_model/train.py --data DIR --work DIR --steps N
+Run from the repository root: python3 -m training.demo_model.train --data DIR --work DIR --steps N
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import dataclasses
 import json
 import math
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -36,9 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import qasr_live.export.random_checkpoint as random_checkpoint
+import devkit.random_checkpoint as random_checkpoint
 from qasr_live.engine.encoder import CHUNK_FRAMES, WINDOW_ROWS
 from qasr_live.engine.features import feature_output_length
 from qasr_live.engine.prompt import ASR_TEXT, prompt_head, prompt_tail

@@ -1,6 +1,6 @@
 """Export a trained checkpoint with qasr-live's exporter into qasr_live/models/demo (marked as the demo model).
 
-    python3 scripts/demo_model/package.py CHECKPOINT_DIR [--encoder int8] [--decoder q8_0]
+    python3 -m training.demo_model.package CHECKPOINT_DIR [--encoder int8] [--decoder q8_0]
 
 The model files are replaced; vocabulary.json (the grammar, kept in git) stays. Also writes sample.wav (a few
 sentences spoken by the held-out voice, what scripts/demo.sh transcribes) and training.json (every training
@@ -12,19 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import scipy.io.wavfile
 
+from devkit.demo_speech import HELDOUT_VOICES, synthesize
+from qasr_live.export.exporter import export_checkpoint
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from qasr_live.export.exporter import export_checkpoint  # noqa: E402
-from tests.demo_speech import HELDOUT_VOICES, synthesize  # noqa: E402
-
 DEMO = ROOT / "qasr_live" / "models" / "demo"
 KEEP = ("vocabulary.json",)
 SAMPLE_TEXT = (

@@ -3,7 +3,8 @@
 Real weights cannot be downloaded everywhere (CI, these build machines), so the parity tests and the benchmarks
 build checkpoints here: the official config and model classes, a byte-level BPE tokenizer carrying the Qwen3-ASR
 special tokens, the official processor files and chat template. The directory has the layout of a Hugging Face
-checkpoint, so `qasr-live export` treats it exactly like a downloaded one.
+checkpoint, so `qasr-live export` treats it exactly like a downloaded one. Dev-only: the runtime package never
+imports it (it needs torch, transformers and the official `qwen-asr` classes).
 """
 
 from __future__ import annotations
@@ -114,6 +115,30 @@ QWEN3_ASR_1_7B = RandomModelSpec(
     tie_word_embeddings=True,
     vocab_size=151936,
 )
+# The test suite's two tiny architectures, which differ in every size that matters: tied vs untied output head,
+# MHA vs 3:1 GQA, head_dim 16 vs 32, widths not powers of two. init_std 0.1 makes greedy outputs varied (0.02
+# collapses into one repeated token), and f16-exact weights let an f16 GGUF hold exactly the reference's weights.
+TINY_SPECS = {
+    "tied": RandomModelSpec(init_std=0.1, f16_exact_weights=True, tie_word_embeddings=True, seed=1),
+    "untied_gqa": RandomModelSpec(
+        audio_d_model=96,
+        audio_layers=3,
+        audio_heads=4,
+        audio_ffn=160,
+        downsample_hidden=24,
+        text_hidden=96,
+        text_layers=3,
+        text_heads=3,
+        text_kv_heads=1,
+        head_dim=32,
+        text_ffn=192,
+        bpe_vocab=700,
+        init_std=0.1,
+        f16_exact_weights=True,
+        tie_word_embeddings=False,
+        seed=2,
+    ),
+}
 
 
 # Where the real Qwen3-ASR vocabulary has its added tokens (engine.md); the ids between are reserved tokens.

@@ -1,7 +1,7 @@
 """Measure an exported demo model (or export a checkpoint first) with the real runtime, as the tests do.
 
-    python3 scripts/demo_model/evaluate.py MODEL_DIR [--n 200] [--long 125 [--seeds 1,2,3,4,5,6,7,99]]
-    python3 scripts/demo_model/evaluate.py --checkpoint CKPT_DIR [--n 40]     # exports into a temporary dir
+    python3 -m training.demo_model.evaluate MODEL_DIR [--n 200] [--long 125 [--seeds 1,2,3,4,5,6,7,99]]
+    python3 -m training.demo_model.evaluate --checkpoint CKPT_DIR [--n 40]     # exports into a temporary dir
 
 Prints the WER on held-out sentences (held-out voice and training voices separately), the words emitted on
 no-speech clips and, with --long, the WER of long dictations and the duplicated/dropped words near their
@@ -11,7 +11,6 @@ segment boundaries.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -19,9 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from tests.demo_speech import (
+from devkit.demo_speech import (
     DemoRecognizer,
     boundary_errors,
     dictation,
