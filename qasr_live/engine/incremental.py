@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qasr_live.audio.pcm import SAMPLE_RATE, as_float_mono
 from qasr_live.engine.encoder import CHUNK_FRAMES, ROWS_PER_CHUNK, WINDOW_ROWS
-from qasr_live.engine.features import HOP, N_FFT, SAMPLE_RATE, feature_output_length, log_mel_raw, normalize_log_mel
-from qasr_live.errors import AudioError
+from qasr_live.engine.features import HOP, N_FFT, feature_output_length, log_mel_raw, normalize_log_mel
 
 CHUNK_SAMPLES = CHUNK_FRAMES * HOP  # 16000: one frontend chunk
 CHUNKS_PER_WINDOW = WINDOW_ROWS // ROWS_PER_CHUNK  # 8
@@ -51,7 +51,7 @@ class AudioBuffer:
         return self._n
 
     def append(self, pcm: np.ndarray) -> None:
-        samples = _as_float_mono(pcm)
+        samples = as_float_mono(pcm)
         with self._lock:
             end = self._n + len(samples)
             if end > len(self._data):
@@ -64,22 +64,6 @@ class AudioBuffer:
     def view(self) -> np.ndarray:
         with self._lock:
             return self._data[: self._n]
-
-
-def _as_float_mono(pcm: np.ndarray) -> np.ndarray:
-    arr = np.asarray(pcm)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1:
-        raise AudioError(f"streaming audio must be mono, shape (n,) or (n, 1); got {arr.shape}")
-    if arr.dtype == np.int16:
-        return arr.astype(np.float32) / 32768.0
-    if arr.dtype not in (np.float32, np.float64):
-        raise AudioError(f"streaming audio must be int16 or float32 PCM, got {arr.dtype}")
-    arr = arr.astype(np.float32, copy=False)
-    if not np.isfinite(arr).all():
-        raise AudioError("streaming audio holds NaN or infinite samples: the capture or resampler is broken")
-    return arr
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:

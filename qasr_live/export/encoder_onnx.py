@@ -110,10 +110,22 @@ def _export(module, args, path: Path, inputs, outputs, dynamic_axes) -> None:
 
 def quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8: weights stored as int8 per output channel, activations quantized on the fly (MatMul only:
-    ConvInteger has no kernel in many onnxruntime builds)."""
+    ConvInteger has no kernel in many onnxruntime builds).
+
+    Weights use 7 bits (``reduce_range``): on x86 CPUs without VNNI (AVX2, AVX-512F) onnxruntime multiplies u8
+    activations by s8 weights with VPMADDUBSW, whose 16-bit pair sums saturate at full-range weights. Measured on
+    an AVX2-only machine with the parity test's tiny models: the greedy ids' mean common prefix with the
+    reference went from 15 % to 44 % (the fp32 encoder: 100 %)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8)
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=["MatMul"],
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        reduce_range=True,
+    )
 
 
 def quantize_int4(src: Path, dst: Path, block_size: int = 128) -> None:

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qasr_live.audio.pcm import SAMPLE_RATE
 from qasr_live.config import EngineConfig
-from qasr_live.engine.features import SAMPLE_RATE, log_mel
+from qasr_live.engine.features import log_mel
 from qasr_live.engine.generation import AnswerLength, generate
 from qasr_live.engine.kv_cache import PrefixCache
 from qasr_live.engine.loading import MIN_SECONDS, open_decoder, stop_ids

@@ -55,9 +55,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from qasr_live.audio.pcm import SAMPLE_RATE
 from qasr_live.config import EngineConfig, StreamingConfig
 from qasr_live.engine.encoder import ROWS_PER_CHUNK
-from qasr_live.engine.features import HOP, SAMPLE_RATE, feature_output_length
+from qasr_live.engine.features import HOP, feature_output_length
 from qasr_live.engine.generation import AnswerLength, Generation, generate
 from qasr_live.engine.incremental import CHUNK_SAMPLES, CHUNKS_PER_WINDOW, AudioBuffer, ClipEncoder
 from qasr_live.engine.kv_cache import PrefixCache
