@@ -49,7 +49,7 @@ def resolve_model(cfg):
 
 
 def _config(args):
-    from qasr_live.config import load_config, with_overrides
+    from qasr_live.config_file import load_config, with_overrides
 
     cfg = load_config(args.config)
     overrides, sources = {}, {}

@@ -31,7 +31,8 @@ from qasr_live.audio.pcm import SAMPLE_RATE
 from qasr_live.audio.source import AudioSource
 from qasr_live.audio.sources import open_source
 from qasr_live.bus import EventHub
-from qasr_live.config import AppConfig, with_overrides
+from qasr_live.config import AppConfig
+from qasr_live.config_file import with_overrides
 from qasr_live.control.ctl import CtlServer, install_signal_handlers
 from qasr_live.dictation.controller import DictationController
 from qasr_live.dictation.effects import (
@@ -49,7 +50,7 @@ from qasr_live.dictation.effects import (
 from qasr_live.engine.generation import AnswerLength
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.engine.worker import EncoderWorker
-from qasr_live.errors import ProtocolError, QasrError
+from qasr_live.errors import HotkeysUnavailable, ProtocolError, QasrError
 from qasr_live.events import ControlAction, RecordMode
 from qasr_live.outputs.delivery import Delivery
 from qasr_live.outputs.journal import Journal, default_journal_path
@@ -182,7 +183,7 @@ class Daemon:
         if not self.cfg.hotkeys.enabled or self.cfg.audio.source is not None:
             return
         # pynput is imported only where global hotkeys can work (not on Wayland, not without a display)
-        from qasr_live.control.hotkeys import HotkeyListener, HotkeysUnavailable, available
+        from qasr_live.control.hotkeys import HotkeyListener, available
 
         state = available()
         if not state:

@@ -89,3 +89,7 @@ class TypingBackendError(QasrError):
     def __init__(self, message: str, delivered: int = 0) -> None:
         super().__init__(message)
         self.delivered = delivered
+
+
+class HotkeysUnavailable(QasrError):
+    """Global hotkeys cannot work in this session; the message says why and what to do instead."""

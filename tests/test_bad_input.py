@@ -1,5 +1,6 @@
 """Bad input everywhere: every failure a user can cause is a QasrError whose message names the problem and the
-fix, the CLI reports it in one line with exit status 2, and nothing is left half-written.
+fix, the CLI reports it in one line with the exit status of its class (2 for usage, 3 for the model), and nothing
+is left half-written.
 
 Model directories are private copies of the session's exported tiny model, damaged one way per test.
 """
@@ -24,7 +25,7 @@ import qasr_live.export.encoder_onnx
 from qasr_live.engine.decoder import Decoder
 from qasr_live.engine.encoder import AudioEncoder
 from qasr_live.engine.model_dir import MANIFEST, decoder_file, encoder_file, open_model_dir, sha256_file
-from qasr_live.errors import AudioError, DecoderError, ExportError, ModelError
+from qasr_live.errors import EXIT_MODEL, EXIT_USAGE, AudioError, DecoderError, ExportError, ModelError
 from qasr_live.export.exporter import export_checkpoint
 from qasr_live.offline.pipeline import check_audio
 
@@ -392,8 +393,8 @@ def run_cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
-def assert_user_error(proc: subprocess.CompletedProcess, *parts: str) -> None:
-    assert proc.returncode == 2, proc.stderr
+def assert_user_error(proc: subprocess.CompletedProcess, *parts: str, code: int = EXIT_USAGE) -> None:
+    assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("qasr-live: error: ")]
     assert len(errors) == 1, proc.stderr
@@ -504,7 +505,7 @@ def test_cli_bad_input(cli_case, make_audio, extra, parts):
 def test_cli_bad_model(cli_case, model, damage, parts):
     damage(model)
     proc, _, _, written = cli_case(GOOD_WAV)
-    assert_user_error(proc, str(model), *parts, EXPORT_FIX)
+    assert_user_error(proc, str(model), *parts, EXPORT_FIX, code=EXIT_MODEL)
     assert written == []
 
 

@@ -17,11 +17,8 @@ from qasr_live.config import (
     ModelConfig,
     RecognitionConfig,
     config_keys,
-    default_config_path,
-    load_config,
-    parse_config,
-    with_overrides,
 )
+from qasr_live.config_file import default_config_path, load_config, parse_config, with_overrides
 from qasr_live.errors import ConfigError, QasrError
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"

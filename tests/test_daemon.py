@@ -7,9 +7,12 @@ The desktop test (Xvfb, PulseAudio microphone, typing into a window, hotkeys) is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +27,7 @@ from devkit.daemon_checks import assert_heard, check_event_stream, commits_by_ut
 from devkit.daemon_harness import RealtimeMic, RunningDaemon, write_config
 from devkit.demo_speech import known_sentences
 from qasr_live.cli import DEMO_MODEL
+from qasr_live.errors import EXIT_ALREADY_RUNNING
 
 RATE = 16000
 
@@ -243,6 +247,40 @@ def test_encoder_crash_mid_utterance_loses_nothing(ptt_daemon, texts, sentences)
     assert_heard(texts[:2], list(commits_by_utterance(client.events).values()))
     assert not [e for e in client.events if e["type"] == "error"]
     assert daemon.alive()
+
+
+def test_second_daemon_exits_at_once_as_already_running(ptt_daemon, tmp_path: Path) -> None:
+    """The single-instance lock is taken before anything loads: the second daemon on the same runtime directory
+    says who holds it and exits with its own status, without loading the model."""
+    daemon, _ = ptt_daemon
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "second-notify.sock"))
+    notify.setblocking(False)
+    result = subprocess.run(
+        [sys.executable, "-m", "qasr_live", "serve", "--config", str(daemon.config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "second-notify.sock")},
+    )
+    messages = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            messages.append(notify.recv(4096).decode())
+    notify.close()
+    assert result.returncode == EXIT_ALREADY_RUNNING, result.stderr
+    assert f"already running (pid {daemon.proc.pid})" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not any("loading the model" in m for m in messages), messages  # it stopped before loading
+    assert daemon.alive() and daemon.ctl("status")["ok"]
+
+
+def test_help_lists_the_exit_codes() -> None:
+    result = subprocess.run([sys.executable, "-m", "qasr_live", "serve", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for code, what in ((2, "usage"), (3, "model"), (4, "device"), (5, "already runs")):
+        assert re.search(rf"^\s+{code}\s+.*{what}", result.stdout, re.M), result.stdout
 
 
 def test_bad_config_is_a_clear_error(tmp_path: Path, model: Path) -> None:

@@ -14,15 +14,9 @@ import pytest
 
 from devkit.desktop import TkTextWindow, Xvfb, require, xdotool
 from qasr_live.config import HotkeysConfig, TypingConfig
-from qasr_live.control.hotkeys import (
-    ComboMatcher,
-    HotkeyListener,
-    HotkeysUnavailable,
-    available,
-    combos_for,
-    parse_combo,
-)
-from qasr_live.errors import ConfigError
+from qasr_live.control.hotkeys import HotkeyListener, available
+from qasr_live.control.keys import ComboMatcher, combos_for, parse_combo
+from qasr_live.errors import ConfigError, HotkeysUnavailable
 from qasr_live.outputs.typing import Typist
 
 # the listener / typist export the session's DISPLAY into os.environ (pynput's Xlib reads it there): undo that
