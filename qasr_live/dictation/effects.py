@@ -4,7 +4,7 @@ the other effects (publish, deliver, type, timers, the microphone)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -14,19 +14,41 @@ from qasr_live.streaming.results import Final, Tick
 # ------------------------------------------------------------------------------------------------ recognizer jobs
 
 
+class Recognizer(Protocol):
+    """What the jobs call: the streaming recognizer (qasr_live.streaming.recognizer.StreamingRecognizer)."""
+
+    def begin(self) -> None: ...
+
+    def add_audio(self, pcm: np.ndarray) -> None: ...
+
+    def tick(self) -> Tick: ...
+
+    def speculate(self) -> bool: ...
+
+    def finish(self, use_speculation: bool = False) -> Final: ...
+
+    def cancel(self) -> None: ...
+
+    def prepare(self) -> None: ...
+
+    def set_recognition(self, language: str | None, context: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """A call on the streaming recognizer, run in order on its thread; ``run`` returns what the controller gets."""
 
     utterance_id: str
 
-    def run(self, recognizer: Any) -> Any:
+    # Any here, a Recognizer in every subclass: the daemon submits ``job.run`` with its ``StreamingRecognizer | None``
+    # attribute (set before any job runs), which a Recognizer parameter would reject.
+    def run(self, recognizer: Any) -> object:
         raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True)
 class Begin(Job):
-    def run(self, recognizer: Any) -> None:
+    def run(self, recognizer: Recognizer) -> None:
         recognizer.begin()
 
 
@@ -34,19 +56,19 @@ class Begin(Job):
 class AddAudio(Job):
     pcm: np.ndarray
 
-    def run(self, recognizer: Any) -> None:
+    def run(self, recognizer: Recognizer) -> None:
         recognizer.add_audio(self.pcm)
 
 
 @dataclass(frozen=True, slots=True)
 class TickJob(Job):
-    def run(self, recognizer: Any) -> Tick:
+    def run(self, recognizer: Recognizer) -> Tick:
         return recognizer.tick()
 
 
 @dataclass(frozen=True, slots=True)
 class Speculate(Job):
-    def run(self, recognizer: Any) -> bool:
+    def run(self, recognizer: Recognizer) -> bool:
         return bool(recognizer.speculate())
 
 
@@ -54,13 +76,13 @@ class Speculate(Job):
 class Finish(Job):
     use_speculation: bool
 
-    def run(self, recognizer: Any) -> Final:
+    def run(self, recognizer: Recognizer) -> Final:
         return recognizer.finish(use_speculation=self.use_speculation)
 
 
 @dataclass(frozen=True, slots=True)
 class Cancel(Job):
-    def run(self, recognizer: Any) -> None:
+    def run(self, recognizer: Recognizer) -> None:
         recognizer.cancel()
 
 
@@ -68,7 +90,7 @@ class Cancel(Job):
 class Prepare(Job):
     """Prefill the next utterance's memory now, while nobody waits (a Begin queued meanwhile finds it done)."""
 
-    def run(self, recognizer: Any) -> None:
+    def run(self, recognizer: Recognizer) -> None:
         recognizer.prepare()
 
 
@@ -79,7 +101,7 @@ class SetRecognition(Job):
     language: str | None
     context: str
 
-    def run(self, recognizer: Any) -> None:
+    def run(self, recognizer: Recognizer) -> None:
         recognizer.set_recognition(self.language, self.context)
 
 

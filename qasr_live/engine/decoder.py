@@ -14,6 +14,8 @@ from __future__ import annotations
 import ctypes
 import logging
 from pathlib import Path
+from types import ModuleType, TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -22,22 +24,23 @@ from qasr_live.errors import DecoderError
 _LOGGER = logging.getLogger(__name__)
 _NATIVE_LOGGER = logging.getLogger("qasr_live.llama_cpp")
 # llama.cpp keeps one process-wide log hook; the ctypes callback object must outlive every use of it.
-_log_callback = None
+_log_callback: object = None
 
 KV_CACHE_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # ggml_type values
 
 
-def _install_log_hook(llama) -> None:
+def _install_log_hook(llama: ModuleType) -> None:
+    """`llama`: the module `llama_cpp.llama_cpp`."""
     global _log_callback
     if _log_callback is not None:
         return
     levels = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}  # ggml_log_level
 
-    @llama.llama_log_callback
-    def hook(level, text, _user_data):
+    def log(level: int, text: bytes | None, _user_data: int | None) -> None:
         if text and _NATIVE_LOGGER.isEnabledFor(levels.get(level, logging.DEBUG)):
             _NATIVE_LOGGER.log(levels.get(level, logging.DEBUG), text.decode("utf-8", "replace").rstrip())
 
+    hook = llama.llama_log_callback(log)  # a ctypes function pointer (void (*)(int, const char *, void *))
     _log_callback = hook
     llama.llama_log_set(hook, ctypes.c_void_p())
 
@@ -77,8 +80,8 @@ class Decoder:
                 "(run with --verbose for llama.cpp's reason); re-export with `qasr-live export`."
             )
         self._vocab = llama.llama_model_get_vocab(self._model)
-        self.n_embd = llama.llama_model_n_embd(self._model)
-        self.n_vocab = llama.llama_vocab_n_tokens(self._vocab)
+        self.n_embd: int = llama.llama_model_n_embd(self._model)
+        self.n_vocab: int = llama.llama_vocab_n_tokens(self._vocab)
         cparams = llama.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_batch
@@ -103,7 +106,7 @@ class Decoder:
                 f"llama.cpp cannot create a context of {n_ctx} tokens for {path} (out of memory?); "
                 "lower `engine.n_ctx` in config.yaml."
             )
-        self.n_ctx = llama.llama_n_ctx(self._ctx)
+        self.n_ctx: int = llama.llama_n_ctx(self._ctx)
         self.n_batch = n_batch
         self._memory = llama.llama_get_memory(self._ctx)
         self._embd_batch = llama.llama_batch_init(n_batch, self.n_embd, 1)
@@ -181,7 +184,15 @@ class Decoder:
             raise DecoderError(f"audio rows of shape {rows.shape} do not fit the decoder width {self.n_embd}")
         self._feed(self._embd_batch, len(rows), want_logits, rows=rows)
 
-    def _feed(self, batch, n: int, want_logits: bool, tokens=None, rows=None, all_logits: bool = False) -> None:
+    def _feed(
+        self,
+        batch: Any,  # a llama_batch (ctypes structure; its stub types pos/seq_id wrongly as arrays of arrays)
+        n: int,
+        want_logits: bool,
+        tokens: list[int] | None = None,
+        rows: np.ndarray | None = None,
+        all_logits: bool = False,
+    ) -> None:
         self._check_open()
         if self.n_past + n > self.n_ctx:
             raise DecoderError(
@@ -194,6 +205,7 @@ class Decoder:
                 for i in range(m):
                     batch.token[i] = tokens[start + i]
             else:
+                assert rows is not None, "tokens or rows"
                 ctypes.memmove(batch.embd, rows[start : start + m].ctypes.data, m * self.n_embd * 4)
             for i in range(m):
                 batch.pos[i] = self.n_past + i
@@ -241,5 +253,7 @@ class Decoder:
     def __enter__(self) -> Decoder:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

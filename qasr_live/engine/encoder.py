@@ -9,8 +9,10 @@ what lets the streaming recognizer encode incrementally.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from qasr_live.engine.features import feature_output_length
 from qasr_live.errors import ModelError
@@ -21,7 +23,20 @@ WINDOW_ROWS = 104  # 13 rows/s x n_window_infer 800 frames / 100 frames per chun
 _MASKED = np.float32(-1e9)
 
 
-def window_batch(rows: np.ndarray, window: int = WINDOW_ROWS) -> tuple[np.ndarray, np.ndarray]:
+class Encoder(Protocol):
+    """What the recognizer and the offline pipeline need of an encoder: AudioEncoder in this process, or
+    EncoderWorker (the same methods, run in a child process)."""
+
+    def frontend(self, chunks: np.ndarray) -> npt.NDArray[np.float32]: ...
+
+    def backend(self, rows: np.ndarray) -> npt.NDArray[np.float32]: ...
+
+    def encode(self, mel: np.ndarray) -> npt.NDArray[np.float32]: ...
+
+
+def window_batch(
+    rows: np.ndarray, window: int = WINDOW_ROWS
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """Split (T, d) rows into (W, window, d) plus the additive (W, 1, window, window) mask that hides the
     zero padding of the last window. With W windows side by side this *is* the block-diagonal mask."""
     n, d = rows.shape
@@ -64,19 +79,22 @@ class AudioEncoder:
         self.d_model = int(self._frontend.get_outputs()[0].shape[-1])
         self.output_dim = int(self._backend.get_outputs()[0].shape[-1])  # static: the projector's width
 
-    def frontend(self, chunks: np.ndarray) -> np.ndarray:
+    def frontend(self, chunks: np.ndarray) -> npt.NDArray[np.float32]:
         """(B, 128, 100) mel chunks -> (B, 13, d_model) rows."""
-        return self._frontend.run(None, {"chunk_mel": np.ascontiguousarray(chunks, dtype=np.float32)})[0]
+        out: npt.NDArray[np.float32] = self._frontend.run(
+            None, {"chunk_mel": np.ascontiguousarray(chunks, dtype=np.float32)}
+        )[0]
+        return out
 
-    def backend(self, rows: np.ndarray) -> np.ndarray:
+    def backend(self, rows: np.ndarray) -> npt.NDArray[np.float32]:
         """(T, d_model) frontend rows -> (T, output_dim), attending within 104-row windows from row 0."""
         if len(rows) == 0:
             return np.zeros((0, self.output_dim), dtype=np.float32)
         batch, mask = window_batch(rows)
-        out = self._backend.run(None, {"hidden_states": batch, "attention_mask": mask})[0]
+        out: npt.NDArray[np.float32] = self._backend.run(None, {"hidden_states": batch, "attention_mask": mask})[0]
         return out.reshape(-1, out.shape[-1])[: len(rows)]
 
-    def frontend_rows(self, mel: np.ndarray) -> np.ndarray:
+    def frontend_rows(self, mel: np.ndarray) -> npt.NDArray[np.float32]:
         """(128, L) mel -> (feature_output_length(L), d_model): chunks of 100 frames, the last zero-padded."""
         n_frames = mel.shape[1]
         n_chunks = -(-n_frames // CHUNK_FRAMES)
@@ -86,6 +104,6 @@ class AudioEncoder:
         rows = self.frontend(chunks).reshape(-1, self.d_model)
         return rows[: feature_output_length(n_frames)]
 
-    def encode(self, mel: np.ndarray) -> np.ndarray:
+    def encode(self, mel: np.ndarray) -> npt.NDArray[np.float32]:
         """(128, L) log-mel -> (N, output_dim) audio rows for the decoder."""
         return self.backend(self.frontend_rows(mel))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+import numpy.typing as npt
 
 from qasr_live.audio.pcm import SAMPLE_RATE
 
@@ -19,7 +20,7 @@ HOP = 160
 N_MELS = 128
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+def _hz_to_mel(hz: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Slaney scale: linear below 1 kHz, logarithmic above."""
     hz = np.asarray(hz, dtype=np.float64)
     mel = 3.0 * hz / 200.0
@@ -27,14 +28,14 @@ def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
     return np.where(log_region, 15.0 + np.log(np.maximum(hz, 1e-12) / 1000.0) * (27.0 / np.log(6.4)), mel)
 
 
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+def _mel_to_hz(mel: npt.ArrayLike) -> npt.NDArray[np.float64]:
     mel = np.asarray(mel, dtype=np.float64)
     hz = 200.0 * mel / 3.0
     return np.where(mel >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (mel - 15.0)), hz)
 
 
 @lru_cache(maxsize=4)
-def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE) -> npt.NDArray[np.float64]:
     """Triangular filters, shape (n_fft // 2 + 1, n_mels), each normalised to unit area (Slaney)."""
     fft_freqs = np.linspace(0, sample_rate // 2, n_fft // 2 + 1)
     edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), n_mels + 2))
@@ -49,12 +50,12 @@ def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAM
 
 
 @lru_cache(maxsize=1)
-def _window() -> np.ndarray:
+def _window() -> npt.NDArray[np.float64]:
     n = np.arange(N_FFT)
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / N_FFT)  # periodic Hann (divides by N, not N - 1)
 
 
-def mel_power(audio: np.ndarray, first: int = 0, stop: int | None = None) -> np.ndarray:
+def mel_power(audio: np.ndarray, first: int = 0, stop: int | None = None) -> npt.NDArray[np.float64]:
     """Mel power spectrogram (n_mels, stop - first) before the log, float64, of frames [first, stop) of the clip
     `audio` (default: all len(audio) // HOP frames). Each frame is computed exactly as in the spectrogram of the
     whole clip (centred, reflect-padded at the clip's two ends), so a growing clip can be analysed piecewise."""
@@ -76,21 +77,24 @@ def mel_power(audio: np.ndarray, first: int = 0, stop: int | None = None) -> np.
         padded = np.pad(np.asarray(audio, dtype=np.float64), half, mode="reflect")[first * HOP : hi + half]
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]
     power = np.abs(np.fft.rfft(frames * _window(), axis=-1)) ** 2
-    return mel_filters().T @ power.T
+    mel: npt.NDArray[np.float64] = mel_filters().T @ power.T
+    return mel
 
 
-def log_mel_raw(audio: np.ndarray, first: int = 0, stop: int | None = None) -> np.ndarray:
+def log_mel_raw(audio: np.ndarray, first: int = 0, stop: int | None = None) -> npt.NDArray[np.float64]:
     """log10 mel power of frames [first, stop), floored at 1e-10, before the clip-wide normalisation."""
-    return np.log10(np.maximum(mel_power(audio, first, stop), 1e-10))
+    raw: npt.NDArray[np.float64] = np.log10(np.maximum(mel_power(audio, first, stop), 1e-10))
+    return raw
 
 
-def normalize_log_mel(raw: np.ndarray, peak: float) -> np.ndarray:
+def normalize_log_mel(raw: np.ndarray, peak: float) -> npt.NDArray[np.float32]:
     """Whisper's normalisation given the clip's maximum `peak` of log_mel_raw: dynamic range limited to peak - 8,
     then (x + 4) / 4, float32. Frames of one clip may be normalised separately with the same peak."""
-    return ((np.maximum(raw, peak - 8.0) + 4.0) / 4.0).astype(np.float32)
+    clamped: npt.NDArray[np.float64] = np.maximum(raw, peak - 8.0)
+    return ((clamped + 4.0) / 4.0).astype(np.float32)
 
 
-def log_mel(audio: np.ndarray) -> np.ndarray:
+def log_mel(audio: np.ndarray) -> npt.NDArray[np.float32]:
     """Whisper-normalised log-mel features, shape (128, len(audio) // 160), float32."""
     raw = log_mel_raw(audio)
     return normalize_log_mel(raw, raw.max() if raw.size else 0.0)

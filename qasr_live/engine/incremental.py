@@ -30,12 +30,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from qasr_live.audio.pcm import SAMPLE_RATE, as_float_mono
-from qasr_live.engine.encoder import CHUNK_FRAMES, ROWS_PER_CHUNK, WINDOW_ROWS
+from qasr_live.engine.encoder import CHUNK_FRAMES, ROWS_PER_CHUNK, WINDOW_ROWS, Encoder
 from qasr_live.engine.features import HOP, N_FFT, feature_output_length, log_mel_raw, normalize_log_mel
 
 CHUNK_SAMPLES = CHUNK_FRAMES * HOP  # 16000: one frontend chunk
 CHUNKS_PER_WINDOW = WINDOW_ROWS // ROWS_PER_CHUNK  # 8
 _LOOKAHEAD = N_FFT // 2 - HOP  # 40: samples after a chunk's end that its last (centred) frame sees
+
+# The frontend clamps of a window's chunks (None: not computed yet), which its frozen backend rows were made with.
+_Clamps = tuple[float | None, ...]
 
 
 class AudioBuffer:
@@ -98,7 +101,7 @@ class ClipEncoder:
         self.blocks: list[np.ndarray] = []
         self.n_samples = 0
         self._chunks: list[_Chunk] = []
-        self._windows: dict[int, tuple[tuple, np.ndarray]] = {}  # exact mode: frozen window -> (clamps, rows)
+        self._windows: dict[int, tuple[_Clamps, np.ndarray]] = {}  # exact mode: frozen window -> (clamps, rows)
         self.frontend_chunks = 0  # work of the last update
         self.backend_rows = 0
 
@@ -111,7 +114,7 @@ class ClipEncoder:
         """Chunks none of whose frames can change when more samples arrive."""
         return max(0, (n_samples - _LOOKAHEAD) // CHUNK_SAMPLES)
 
-    def update(self, audio: np.ndarray, encoder) -> list[np.ndarray]:
+    def update(self, audio: np.ndarray, encoder: Encoder) -> list[np.ndarray]:
         n = len(audio)
         n_frames = n // HOP
         final = self.final_chunks(n)
@@ -142,31 +145,41 @@ class ClipEncoder:
         batch = [normalize_log_mel(chunks[c].raw, peak) for c in stale]
         if n_tail_chunks:  # none when the audio ends within a final chunk's lookahead
             batch += list(tail_mel.reshape(n_tail_chunks, CHUNK_FRAMES, -1).transpose(0, 2, 1))
-        front = encoder.frontend(np.stack(batch)) if batch else None
-        new_front = {c: front[i] for i, c in enumerate(stale)}
-        n_tail_rows = feature_output_length(n_frames) - final * ROWS_PER_CHUNK
-        tail_front = front[len(stale) :].reshape(-1, front.shape[-1])[:n_tail_rows] if n_tail_chunks else None
+        new_front: dict[int, np.ndarray] = {}
+        tail_front: np.ndarray | None = None
+        if batch:
+            front = encoder.frontend(np.stack(batch))
+            new_front = {c: front[i] for i, c in enumerate(stale)}
+            if n_tail_chunks:
+                n_tail_rows = feature_output_length(n_frames) - final * ROWS_PER_CHUNK
+                tail_front = front[len(stale) :].reshape(-1, front.shape[-1])[:n_tail_rows]
         clamps = {c: max(floor, chunks[c].low) for c in stale}
 
         def front_rows(c: int) -> np.ndarray:
-            return new_front[c] if c in new_front else chunks[c].front
+            if c in new_front:
+                return new_front[c]
+            rows = chunks[c].front
+            assert rows is not None, "a final chunk that is not stale has its frontend rows"
+            return rows
 
         backend_rows = 0
+        blocks: list[np.ndarray] = []
+        chunk_out: dict[int, np.ndarray] = {}
         if self.exact:
             n_windows = -(-feature_output_length(n_frames) // WINDOW_ROWS)
-            todo, blocks = [], []
+            done: dict[int, np.ndarray] = {}  # window -> its rows
+            todo: list[tuple[int, bool, _Clamps, np.ndarray]] = []
             for w in range(n_windows):
                 cs = range(w * CHUNKS_PER_WINDOW, min(final, (w + 1) * CHUNKS_PER_WINDOW))
                 complete = (w + 1) * CHUNKS_PER_WINDOW <= final
                 key = tuple(clamps.get(c, chunks[c].clamp) for c in cs)
                 if complete and w in windows and windows[w][0] == key:
-                    blocks.append(windows[w][1])
+                    done[w] = windows[w][1]
                     continue
-                rows = [front_rows(c) for c in cs]
+                parts = [front_rows(c) for c in cs]
                 if not complete and tail_front is not None:
-                    rows.append(tail_front)
-                todo.append((w, complete, key, np.concatenate(rows)))
-                blocks.append(None)
+                    parts.append(tail_front)
+                todo.append((w, complete, key, np.concatenate(parts)))
             if todo:  # one backend run: complete windows are 104 rows each, only the last may be shorter
                 stacked = np.concatenate([rows for *_, rows in todo])
                 out = encoder.backend(stacked)
@@ -175,21 +188,21 @@ class ClipEncoder:
                 for w, complete, key, rows in todo:
                     block = _readonly(np.array(out[offset : offset + len(rows)], dtype=np.float32))
                     offset += len(rows)
-                    blocks[w] = block
+                    done[w] = block
                     if complete:
                         windows[w] = (key, block)
                     else:
                         windows.pop(w, None)
-            chunk_out = {}
+            blocks = [done[w] for w in range(n_windows)]
         else:
             pending = [c for c in range(final) if chunks[c].out is None]
-            chunk_out, tail_out = {}, None
+            tail_out = None
             if pending or tail_front is not None:  # one backend run from the window of the first new row
                 w0 = (pending[0] if pending else final) // CHUNKS_PER_WINDOW
-                rows = [front_rows(c) for c in range(w0 * CHUNKS_PER_WINDOW, final)]
+                parts = [front_rows(c) for c in range(w0 * CHUNKS_PER_WINDOW, final)]
                 if tail_front is not None:
-                    rows.append(tail_front)
-                stacked = np.concatenate(rows)
+                    parts.append(tail_front)
+                stacked = np.concatenate(parts)
                 out = encoder.backend(stacked)
                 backend_rows = len(stacked)
                 base = w0 * CHUNKS_PER_WINDOW
@@ -199,7 +212,10 @@ class ClipEncoder:
                 if tail_front is not None:
                     i = (final - base) * ROWS_PER_CHUNK
                     tail_out = _readonly(np.array(out[i:], dtype=np.float32))
-            blocks = [chunk_out.get(c, chunks[c].out) for c in range(final)]
+            for c in range(final):
+                chunk_rows = chunk_out[c] if c in chunk_out else chunks[c].out
+                assert chunk_rows is not None, "a final chunk that is not pending has its backend rows"
+                blocks.append(chunk_rows)
             if tail_out is not None:
                 blocks.append(tail_out)
 
@@ -211,6 +227,14 @@ class ClipEncoder:
         self._commit_state(chunks, windows, blocks, n, len(batch), backend_rows)
         return blocks
 
-    def _commit_state(self, chunks, windows, blocks, n, frontend_chunks, backend_rows) -> None:
+    def _commit_state(
+        self,
+        chunks: list[_Chunk],
+        windows: dict[int, tuple[_Clamps, np.ndarray]],
+        blocks: list[np.ndarray],
+        n: int,
+        frontend_chunks: int,
+        backend_rows: int,
+    ) -> None:
         self._chunks, self._windows, self.blocks, self.n_samples = chunks, windows, blocks, n
         self.frontend_chunks, self.backend_rows = frontend_chunks, backend_rows

@@ -17,6 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qasr_live.errors import ModelError
 
@@ -50,7 +51,7 @@ class ModelDir:
     """A validated model directory with the files chosen for one precision pair."""
 
     path: Path
-    manifest: dict
+    manifest: dict[str, Any]  # the parsed manifest.json (validated where read below)
     frontend: Path
     backend: Path
     decoder: Path
@@ -58,8 +59,9 @@ class ModelDir:
     decoder_precision: str
 
     @property
-    def dims(self) -> dict:
-        return self.manifest["dims"]
+    def dims(self) -> dict[str, Any]:
+        dims: dict[str, Any] = self.manifest["dims"]
+        return dims
 
     @property
     def is_demo(self) -> bool:
@@ -158,7 +160,7 @@ def _check_entries(manifest_path: Path, files: object) -> None:
             raise ModelError(f"{manifest_path} is corrupt: the entry of {name} lacks {', '.join(missing)}; {fix}.")
 
 
-def _check_file(root: Path, name: str, entry: dict | None, verify: bool) -> None:
+def _check_file(root: Path, name: str, entry: dict[str, Any] | None, verify: bool) -> None:
     fix = f"re-export the model with `qasr-live export SRC {root} --force` (or into a new directory)"
     file = root / name
     if entry is None:

@@ -13,16 +13,20 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+from multiprocessing.connection import Connection
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from qasr_live.errors import EncoderCrashed, QasrError
 
 _LOGGER = logging.getLogger(__name__)
 
 
-def _serve(conn, frontend: str, backend: str, threads: int, arena: bool) -> None:
+def _serve(conn: Connection, frontend: str, backend: str, threads: int, arena: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     from qasr_live.engine.encoder import AudioEncoder
 
@@ -41,7 +45,8 @@ def _serve(conn, frontend: str, backend: str, threads: int, arena: bool) -> None
             return
         try:
             conn.send(("ok", getattr(encoder, method)(*args)))
-        except Exception as e:  # report, keep serving: one bad request must not kill the worker
+        except Exception as e:  # broad: report any failure to the caller (raised there) and keep serving
+            _LOGGER.error("encoder %s failed", method, exc_info=True)  # the pipe carries the message, not the traceback
             conn.send(("error", QasrError(f"encoder {method} failed: {e!r}")))
 
 
@@ -54,14 +59,16 @@ class EncoderWorker:
         self._threads = threads
         self._arena = arena
         self._process: mp.process.BaseProcess | None = None
-        self._conn = None
+        self._conn: Connection | None = None
         self.d_model = 0
         self.pid = 0
         self.restarts = 0
         self.start()
 
     @classmethod
-    def for_offline(cls, frontend: str | Path, backend: str | Path, encoder_threads: int, decoder_threads: int):
+    def for_offline(
+        cls, frontend: str | Path, backend: str | Path, encoder_threads: int, decoder_threads: int
+    ) -> EncoderWorker:
         """Offline transcription runs encoder and decoder one after the other: the encoder gets the decoder's
         threads too, and ONNX Runtime's memory arena (30 s segments are encoded at once)."""
         return cls(frontend, backend, max(encoder_threads, decoder_threads), arena=True)
@@ -91,15 +98,20 @@ class EncoderWorker:
     def alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
-    def _receive(self, what: str):
+    def _receive(self, what: str) -> tuple[str, Any]:
+        """A (status, payload) reply: the payload is whatever the child sent (a result, or the error to raise)."""
+        assert self._conn is not None, "the worker was started"
         try:
-            return self._conn.recv()
+            reply: tuple[str, Any] = self._conn.recv()
+            return reply
         except (EOFError, OSError) as e:
             code = self._process.exitcode if self._process else None
             raise EncoderCrashed(f"the encoder worker died during {what} (exit code {code})") from e
 
-    def _call(self, method: str, *args) -> np.ndarray:
-        if not self.alive:
+    def _call(self, method: str, *args: np.ndarray) -> npt.NDArray[np.float32]:
+        if self._process is None or self._conn is None:  # close()d: a caller's bug, not a crash to restart after
+            raise RuntimeError(f"encoder {method} on a closed encoder worker")
+        if not self._process.is_alive():
             raise EncoderCrashed(f"the encoder worker is not running (exit code {self._process.exitcode})")
         try:
             self._conn.send((method, args))
@@ -108,23 +120,25 @@ class EncoderWorker:
         status, payload = self._receive(method)
         if status == "error":
             raise payload
-        return payload
+        rows: npt.NDArray[np.float32] = payload
+        return rows
 
-    def encode(self, mel: np.ndarray) -> np.ndarray:
+    def encode(self, mel: np.ndarray) -> npt.NDArray[np.float32]:
         return self._call("encode", mel)
 
-    def frontend(self, chunks: np.ndarray) -> np.ndarray:
+    def frontend(self, chunks: np.ndarray) -> npt.NDArray[np.float32]:
         return self._call("frontend", chunks)
 
-    def backend(self, rows: np.ndarray) -> np.ndarray:
+    def backend(self, rows: np.ndarray) -> npt.NDArray[np.float32]:
         return self._call("backend", rows)
 
-    def frontend_rows(self, mel: np.ndarray) -> np.ndarray:
+    def frontend_rows(self, mel: np.ndarray) -> npt.NDArray[np.float32]:
         return self._call("frontend_rows", mel)
 
     def close(self) -> None:
         if self._process is None:
             return
+        assert self._conn is not None, "started together with the process"
         if self._process.is_alive():
             with contextlib.suppress(OSError):
                 self._conn.send(("stop", ()))
@@ -138,5 +152,7 @@ class EncoderWorker:
     def __enter__(self) -> EncoderWorker:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

@@ -22,6 +22,7 @@ import numpy as np
 
 from qasr_live.audio.pcm import SAMPLE_RATE
 from qasr_live.config import EngineConfig
+from qasr_live.engine.encoder import Encoder
 from qasr_live.engine.features import log_mel
 from qasr_live.engine.generation import AnswerLength, generate
 from qasr_live.engine.kv_cache import PrefixCache
@@ -113,7 +114,7 @@ class Transcriber:
     construction, the decoder samples only whole words (`open_decoder(words_only=True)`)."""
 
     def __init__(
-        self, model: ModelDir, engine: EngineConfig, encoder, *, answer_length: AnswerLength | None = None
+        self, model: ModelDir, engine: EngineConfig, encoder: Encoder, *, answer_length: AnswerLength | None = None
     ) -> None:
         self.model = model
         self.engine = engine

@@ -51,16 +51,15 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from qasr_live.audio.pcm import SAMPLE_RATE
 from qasr_live.config import EngineConfig, StreamingConfig
-from qasr_live.engine.encoder import ROWS_PER_CHUNK
+from qasr_live.engine.encoder import ROWS_PER_CHUNK, Encoder
 from qasr_live.engine.features import HOP, feature_output_length
 from qasr_live.engine.generation import AnswerLength, Generation, generate
-from qasr_live.engine.incremental import CHUNK_SAMPLES, CHUNKS_PER_WINDOW, AudioBuffer, ClipEncoder
+from qasr_live.engine.incremental import CHUNK_SAMPLES, CHUNKS_PER_WINDOW, ClipEncoder
 from qasr_live.engine.kv_cache import PrefixCache
 from qasr_live.engine.loading import MIN_SECONDS, open_decoder, stop_ids
 from qasr_live.engine.model_dir import ModelDir
@@ -69,47 +68,13 @@ from qasr_live.errors import EncoderCrashed
 from qasr_live.streaming.commit_policy import CommitPolicy
 from qasr_live.streaming.memory import DecoderMemory, MemoryEntry
 from qasr_live.streaming.results import Commit, Final, Partial, StatsSum, Tick
+from qasr_live.streaming.utterance import Decoded, Utterance
 
 _LOGGER = logging.getLogger(__name__)
 
 PARTIAL_MAX_NEW_TOKENS = 32  # per tick, as the official streaming loop; the final decode gets engine.max_new_tokens
 MAX_ENCODER_RESTARTS = 2  # per encoding; a worker that dies again at once is a real error
 _MIN_TICK_SAMPLES = int(MIN_SECONDS * SAMPLE_RATE)
-
-
-@dataclass(slots=True, eq=False)
-class _Utterance:
-    language: str | None  # forced
-    context: str
-    memory: list[MemoryEntry]  # used before the audio, oldest first
-    header: str | None  # the header written in the prompt once fixed
-    header_fixed: bool
-    clip: ClipEncoder
-    policy: CommitPolicy
-    audio: AudioBuffer = field(default_factory=AudioBuffer)
-    carry: list[np.ndarray] = field(default_factory=list)  # rows of the clip before a rollover
-    text_start: int = 0  # committed[text_start:] is the utterance's text in the prompt
-    committed: list[int] = field(default_factory=list)
-    commits: list[Commit] = field(default_factory=list)
-    text: str = ""
-    draft: list[int] = field(default_factory=list)  # what the last decode generated after the prompt's end
-    partial_rev: int = 0
-    partial_text: str | None = None
-    decoded_samples: int = -1
-    language_now: str | None = None
-    speculation: _Decoded | None = None  # speculate()'s final decode, kept for finish(use_speculation=True)
-
-
-@dataclass(frozen=True, slots=True)
-class _Decoded:
-    language: str | None  # "" = language None
-    text_ids: list[int]  # after the committed prefix
-    stopped: str
-
-    @property
-    def silent(self) -> bool:
-        """Nothing to publish: the model heard no speech, or looped."""
-        return self.language == "" or self.stopped == "repetition"
 
 
 class StreamingRecognizer:
@@ -126,7 +91,7 @@ class StreamingRecognizer:
         model: ModelDir,
         engine: EngineConfig,
         streaming: StreamingConfig,
-        encoder,
+        encoder: Encoder,
         *,
         language: str | None = None,
         context: str = "",
@@ -143,7 +108,7 @@ class StreamingRecognizer:
         self.memory = DecoderMemory(streaming.memory_tokens, streaming.memory_utterances)
         self._agreement_samples = streaming.agreement_ms * SAMPLE_RATE // 1000
         self._language, self._context = language, context
-        self._utt: _Utterance | None = None
+        self._utt: Utterance | None = None
         self._kv = PrefixCache(self.decoder)
         self._interrupt = threading.Event()
         self._pieces: dict[int, bytes] = {}
@@ -175,7 +140,7 @@ class StreamingRecognizer:
             raise RuntimeError("begin() while an utterance is active: call finish() or cancel() first")
         self._interrupt.clear()
         header, entries = self.memory.select(self._language)
-        self._utt = _Utterance(
+        self._utt = Utterance(
             language=self._language,
             context=self._context,
             memory=entries,
@@ -298,7 +263,7 @@ class StreamingRecognizer:
         has already written (memory text running past its audio, after a misrecognition) and answer nothing;
         as that memory stays, so would the silence, utterance after utterance. If the model hears speech without
         it, the memory goes."""
-        utt = self._utt
+        utt = self._require()
         utt.memory, utt.header, utt.header_fixed = [], self._language, self._language is not None
         dec = self._decode(utt.clip.blocks, self.engine.max_new_tokens, stats)
         if dec.silent:
@@ -323,7 +288,7 @@ class StreamingRecognizer:
         self.decoder.close()
 
     # --- internals --------------------------------------------------------------------------------------------
-    def _require(self) -> _Utterance:
+    def _require(self) -> Utterance:
         if self._utt is None:
             raise RuntimeError("no active utterance: call begin() first")
         return self._utt
@@ -366,15 +331,15 @@ class StreamingRecognizer:
             return blocks
 
     def _prompt(self, blocks: Sequence[np.ndarray]) -> Prompt:
-        utt = self._utt
+        utt = self._require()
         rows = [e.rows for e in utt.memory] + utt.carry + list(blocks)
         text = [t for e in utt.memory for t in e.text_ids] + utt.committed[utt.text_start :]
         return build_prompt(self._tokenize, utt.context, utt.header if utt.header_fixed else None, rows, text)
 
     def _decode(
         self, blocks: Sequence[np.ndarray], budget: int, stats: StatsSum, interrupt: threading.Event | None = None
-    ) -> _Decoded:
-        utt, d = self._utt, self.decoder
+    ) -> Decoded:
+        utt, d = self._require(), self.decoder
         prompt = self._prompt(blocks)
         t0 = time.perf_counter()
         keep = self._kv.feed(prompt)
@@ -407,12 +372,12 @@ class StreamingRecognizer:
         self.last_prompt, self.last_generation = prompt, gen
         utt.draft = [] if gen.stopped == "repetition" else list(gen.tokens)  # what the next decode may repeat
         if utt.header_fixed:
-            return _Decoded(utt.header, list(gen.tokens), gen.stopped)
+            return Decoded(utt.header, list(gen.tokens), gen.stopped)
         language, text_ids = split_answer(list(gen.tokens), self.asr_text_id, d.detokenize)
-        return _Decoded(language, list(text_ids), gen.stopped)
+        return Decoded(language, list(text_ids), gen.stopped)
 
     def _commit(self, ids: list[int], language: str | None, final: bool) -> list[Commit]:
-        utt = self._utt
+        utt = self._require()
         if not ids:
             return []
         if not utt.header_fixed:  # the first commit fixes the language the model stated
@@ -431,7 +396,7 @@ class StreamingRecognizer:
         return [commit]
 
     def _partial(self, ids: list[int], committed: bool) -> Partial | None:
-        utt = self._utt
+        utt = self._require()
         text = b"".join(self._piece(t) for t in ids).decode("utf-8", "ignore")  # drops a char cut at the end
         if not utt.text:
             text = text.lstrip()
@@ -445,7 +410,7 @@ class StreamingRecognizer:
     def _overhead(self) -> int:
         """Positions a decode needs besides the current clip's rows: system turn, memory, carried rows, header,
         text, and room to generate."""
-        utt = self._utt
+        utt = self._require()
         n_ctx = self.decoder.n_ctx
         return (
             len(self._tokenize(prompt_head(utt.context)))
@@ -459,14 +424,14 @@ class StreamingRecognizer:
 
     def _needs_fit(self, n: int) -> bool:
         """Whether _fit_context(n) would change anything (drop memory, roll over)."""
-        clip_samples = n - self._utt.clip.start
+        clip_samples = n - self._require().clip.start
         over = self._overhead() + feature_output_length(clip_samples // HOP) > self.decoder.n_ctx
         return over or clip_samples > self.engine.segment_seconds * SAMPLE_RATE
 
     def _fit_context(self, n: int, stats: StatsSum) -> list[Commit]:
         """Keep the prompt within n_ctx (with room to generate) and the current clip within segment_seconds:
         drop memory entries from this utterance's prompt, then roll over."""
-        utt = self._utt
+        utt = self._require()
         n_ctx = self.decoder.n_ctx
         commits: list[Commit] = []
         while True:
@@ -488,7 +453,7 @@ class StreamingRecognizer:
     def _make_room(self, rows: int) -> None:
         """Last resort for a prompt that cannot fit otherwise: forget the carried clip (rows and text), then the
         oldest prompt text (which may make the model repeat it: only reachable with absurd n_ctx settings)."""
-        utt = self._utt
+        utt = self._require()
         if utt.carry and self._overhead() + rows > self.decoder.n_ctx:
             _LOGGER.warning("the decoder context is full: the carried audio and its text leave the prompt")
             utt.carry, utt.text_start = [], utt.clip.text_start
@@ -500,7 +465,7 @@ class StreamingRecognizer:
     def _roll_over(self, final: int, stats: StatsSum) -> list[Commit]:
         """Close the current clip at its last completed window (or chunk) that fits the context, decode it, commit
         all but the rollback tokens, and make it the carried memory of a new clip holding the rest of the audio."""
-        utt = self._utt
+        utt = self._require()
         clip = utt.clip
         self._make_room(ROWS_PER_CHUNK)
         fit = max(1, (self.decoder.n_ctx - self._overhead()) // ROWS_PER_CHUNK)
