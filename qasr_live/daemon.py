@@ -115,7 +115,7 @@ class Daemon:
                 self._server = self._websocket_server()
                 stack.push_async_callback(self._server.stop)
                 await self._server.start()
-            ctl = CtlServer.for_runtime(self.runtime, self.control, self.status)
+            ctl = CtlServer.for_runtime(self.runtime, self.control, self.status, lock=False)  # held since start-up
             stack.push_async_callback(ctl.close)
             await ctl.start()
             for sig in (signal.SIGTERM, signal.SIGINT):

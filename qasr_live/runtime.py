@@ -28,7 +28,7 @@ from pathlib import Path
 
 from qasr_live.errors import AlreadyRunning, ConfigError
 
-__all__ = ["RuntimeFiles", "Tokens", "resolve_runtime_dir", "write_private"]
+__all__ = ["RuntimeFiles", "Tokens", "already_running", "instance_lock", "resolve_runtime_dir", "write_private"]
 
 
 def resolve_runtime_dir(configured: str | None) -> Path:
@@ -98,35 +98,10 @@ class RuntimeFiles:
     def lock_file(self) -> Path:
         return self.dir / "ctl.lock"
 
-    @contextlib.contextmanager
-    def instance_lock(self) -> Iterator[None]:
-        """Hold the single-instance lock (an exclusive ``flock``; the kernel drops it however the daemon dies), or
-        raise ``AlreadyRunning`` naming the other daemon. Taken before anything is loaded, so a second daemon
-        fails at once."""
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise self._already_running() from None
-            raise
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            yield
-        finally:
-            os.close(fd)  # closing drops the flock; the file stays (removing it would race with a starter)
-
-    def _already_running(self) -> AlreadyRunning:
-        pid = ""
-        with contextlib.suppress(OSError, ValueError):
-            pid = f" (pid {int(self.lock_file.read_text().split()[0])})"
-        return AlreadyRunning(
-            f"another qasr-live daemon is already running{pid} on {self.ctl_socket}; stop it first "
-            "(`systemctl --user stop qasr-live`, or end that process), or give this one another "
-            "control.runtime_dir"
-        )
+    def instance_lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the single-instance lock of this directory, or raise ``AlreadyRunning`` naming the other daemon.
+        Taken before anything is loaded, so a second daemon fails at once."""
+        return instance_lock(self.lock_file, self.ctl_socket)
 
     def tokens(self) -> Tokens:
         """The WebSocket tokens, made on first use."""
@@ -143,3 +118,33 @@ class RuntimeFiles:
         token = secrets.token_urlsafe(32)
         write_private(path, token + "\n")
         return token
+
+
+@contextlib.contextmanager
+def instance_lock(lock_file: Path, socket: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (the kernel drops it however the holder dies; the file keeps
+    the holder's pid), or raise ``AlreadyRunning`` naming the holder and ``socket``, the place it serves."""
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise already_running(lock_file, socket) from None
+        raise
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock; the file stays (removing it would race with a starter)
+
+
+def already_running(lock_file: Path, socket: Path) -> AlreadyRunning:
+    pid = ""
+    with contextlib.suppress(OSError, ValueError):  # no readable pid: the message goes without it
+        pid = f" (pid {int(lock_file.read_text().split()[0])})"
+    return AlreadyRunning(
+        f"another qasr-live daemon is already running{pid} on {socket}; stop it first "
+        "(`systemctl --user stop qasr-live`, or end that process), or give this one another control.runtime_dir"
+    )

@@ -16,15 +16,8 @@ import time
 
 import pytest
 
-from qasr_live.control.ctl import (
-    CTL_COMMANDS,
-    AlreadyRunning,
-    CtlServer,
-    DaemonNotRunning,
-    install_signal_handlers,
-    send_command,
-)
-from qasr_live.errors import ProtocolError, QasrError
+from qasr_live.control.ctl import CTL_COMMANDS, CtlServer, install_signal_handlers, send_command
+from qasr_live.errors import AlreadyRunning, DaemonNotRunning, ProtocolError, QasrError
 from qasr_live.runtime import RuntimeFiles
 
 

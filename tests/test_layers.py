@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "qasr_live"
 FLOORS: list[set[str]] = [
     {"errors"},
     {"schema"},
-    {"config", "config_file", "events", "runtime", "desktop", "service"},
+    {"config", "events", "runtime", "desktop", "service"},
+    {"config_file"},
     {"audio"},
     {"engine"},
     {"streaming", "offline", "export"},

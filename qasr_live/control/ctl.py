@@ -16,12 +16,12 @@ dict) is merged into the reply; an exception it raises becomes ``{"ok": false, "
 clients may talk at once: each connection is its own task. A client that sends nothing within
 ``read_timeout_s`` or a line over 64 KiB is answered with an error and dropped.
 
-**One daemon per runtime directory.** The daemon holds the runtime directory's lock
-(:meth:`~qasr_live.runtime.RuntimeFiles.instance_lock`) before it starts this server; the server itself refuses
-to replace a socket on which another server answers (:class:`~qasr_live.errors.AlreadyRunning` names the socket
-and how to stop that daemon). A socket file left by a crashed daemon is replaced. The socket is bound under a
-temporary name, ``chmod 0600`` and renamed into place, so it is never reachable with wider permissions; on close
-it is removed only if it is still ours.
+**One daemon per runtime directory.** :meth:`CtlServer.start` takes the exclusive ``flock`` on ``ctl.lock``
+beside the socket (:func:`~qasr_live.runtime.instance_lock`), unless its owner holds it already (the daemon
+takes it before it loads the model: ``lock=False``). If another live daemon holds it, or without a lock answers
+on the socket, :class:`~qasr_live.errors.AlreadyRunning` names the socket and how to stop that daemon. A socket
+file left by a crashed daemon is replaced. The socket is bound under a temporary name, ``chmod 0600`` and renamed
+into place, so it is never reachable with wider permissions; on close it is removed only if it is still ours.
 
 **Client.** :func:`send_command` (what ``qasr-live ctl`` calls) raises :class:`DaemonNotRunning` naming the
 socket path and how to start the daemon when nobody listens.
@@ -49,9 +49,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from qasr_live.errors import AlreadyRunning, DaemonNotRunning, ProtocolError, QasrError
+from qasr_live.errors import DaemonNotRunning, ProtocolError, QasrError
 from qasr_live.events import ControlAction
-from qasr_live.runtime import RuntimeFiles, resolve_runtime_dir
+from qasr_live.runtime import RuntimeFiles, already_running, instance_lock, resolve_runtime_dir
 
 __all__ = [
     "CTL_COMMANDS",
@@ -121,8 +121,11 @@ class CtlServer:
         get_status: StatusCallback,
         *,
         read_timeout_s: float = 5.0,
+        lock: bool = True,
     ):
         self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name.removesuffix(".sock") + ".lock")
+        self._lock: contextlib.ExitStack | None = contextlib.ExitStack() if lock else None
         self._on_action = on_action
         self._get_status = get_status
         self.read_timeout_s = read_timeout_s
@@ -131,24 +134,26 @@ class CtlServer:
         self._tasks: set[asyncio.Task] = set()
 
     @classmethod
-    def for_runtime(cls, runtime: RuntimeFiles, on_action: ActionCallback, get_status: StatusCallback) -> CtlServer:
-        return cls(runtime.ctl_socket, on_action, get_status)
+    def for_runtime(
+        cls, runtime: RuntimeFiles, on_action: ActionCallback, get_status: StatusCallback, *, lock: bool = True
+    ) -> CtlServer:
+        return cls(runtime.ctl_socket, on_action, get_status, lock=lock)
 
     async def start(self) -> None:
-        """Replace a stale socket, bind (0600) and serve."""
+        """Take the single-instance lock (unless the owner holds it), replace a stale socket, bind (0600), serve."""
         if self._server is not None:
             return
-        self._check_existing_socket()
-        sock = self._bind()
-        self._server = await asyncio.start_unix_server(self._handle, sock=sock, limit=_MAX_LINE)
+        if self._lock is not None:
+            self._lock.enter_context(instance_lock(self.lock_path, self.path))
+        try:
+            self._check_existing_socket()
+            sock = self._bind()
+            self._server = await asyncio.start_unix_server(self._handle, sock=sock, limit=_MAX_LINE)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.close()
+            raise
         log.info("ctl: listening on %s", self.path)
-
-    def _already_running(self) -> AlreadyRunning:
-        return AlreadyRunning(
-            f"another qasr-live daemon is already running on {self.path}; stop it first "
-            "(`systemctl --user stop qasr-live`, or end that process), or give this one another "
-            "control.runtime_dir"
-        )
 
     def _check_existing_socket(self) -> None:
         try:
@@ -167,7 +172,7 @@ class CtlServer:
         except OSError as e:
             raise QasrError(f"cannot check the existing socket {self.path}: {e}") from None
         else:
-            raise self._already_running()
+            raise already_running(self.lock_path, self.path)
         finally:
             probe.close()
 
@@ -197,7 +202,7 @@ class CtlServer:
         return sock
 
     async def close(self) -> None:
-        """Stop serving, finish the connections in progress (briefly), remove our socket."""
+        """Stop serving, finish the connections in progress (briefly), remove our socket, drop the lock."""
         server, self._server = self._server, None
         if server is None:
             return
@@ -213,6 +218,8 @@ class CtlServer:
                 self.path.unlink()
         except FileNotFoundError:
             pass
+        if self._lock is not None:
+            self._lock.close()
 
     async def __aenter__(self) -> CtlServer:
         await self.start()
