@@ -59,9 +59,9 @@ class Delivery:
         self._typed = True
         task = asyncio.ensure_future(self._type(self._typist, utterance_id, text))
         self._typing.add(task)
-        task.add_done_callback(self._typed)
+        task.add_done_callback(self._typing_done)
 
-    def _typed(self, task: asyncio.Future[None]) -> None:
+    def _typing_done(self, task: asyncio.Future[None]) -> None:
         self._typing.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _LOGGER.error("typing: internal error", exc_info=task.exception())
