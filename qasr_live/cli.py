@@ -7,11 +7,17 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qasr_live import __version__
 from qasr_live.errors import EXIT_INTERRUPTED, QasrError
+
+if TYPE_CHECKING:  # the commands import their modules lazily, to keep `qasr-live ctl` fast
+    from qasr_live.config import AppConfig
+    from qasr_live.engine.model_dir import ModelDir
+    from qasr_live.offline.transcript import Transcript
 
 _LOGGER = logging.getLogger("qasr_live")
 EXIT_CODES = """exit status:
@@ -25,11 +31,11 @@ EXIT_CODES = """exit status:
 DEMO_MODEL = Path(__file__).parent / "models" / "demo"
 
 
-def resolve_model(cfg):
+def resolve_model(cfg: AppConfig) -> ModelDir:
     """The ModelDir the config asks for; the embedded demo model when none is configured."""
     from qasr_live.engine.model_dir import open_model_dir
 
-    path = cfg.model.dir
+    path: str | Path | None = cfg.model.dir
     if path is None:
         if not (DEMO_MODEL / "manifest.json").exists():
             raise QasrError(
@@ -48,11 +54,12 @@ def resolve_model(cfg):
     return model
 
 
-def _config(args):
+def _config(args: argparse.Namespace) -> AppConfig:
     from qasr_live.config_file import load_config, with_overrides
 
     cfg = load_config(args.config)
-    overrides, sources = {}, {}
+    overrides: dict[str, object] = {}
+    sources: dict[str, str] = {}
     for option, key in (
         ("model", "model.dir"),
         ("language", "recognition.language"),
@@ -69,7 +76,7 @@ def _config(args):
     return with_overrides(cfg, overrides, sources=sources) if overrides else cfg
 
 
-def cmd_transcribe(args) -> int:
+def cmd_transcribe(args: argparse.Namespace) -> int:
     from qasr_live.audio.files import load_audio
     from qasr_live.engine.worker import EncoderWorker
     from qasr_live.offline.formats import FORMATS, write_outputs
@@ -101,7 +108,7 @@ def cmd_transcribe(args) -> int:
     return 0
 
 
-def _print_stats(path, result, model, load_seconds: float) -> None:
+def _print_stats(path: Path, result: Transcript, model: ModelDir, load_seconds: float) -> None:
     s = result.stats
     rows = [
         ("file", str(path)),
@@ -124,7 +131,7 @@ def _print_stats(path, result, model, load_seconds: float) -> None:
     print("\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows), file=sys.stderr)
 
 
-def cmd_export(args) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
     from qasr_live.export.exporter import export_checkpoint
 
     export_checkpoint(
@@ -138,14 +145,14 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
     from qasr_live.daemon import serve
 
     cfg = _config(args)
     return serve(cfg, resolve_model(cfg))
 
 
-def cmd_ctl(args) -> int:
+def cmd_ctl(args: argparse.Namespace) -> int:
     from qasr_live.control.ctl import send_command
     from qasr_live.runtime import resolve_runtime_dir
 
@@ -156,7 +163,7 @@ def cmd_ctl(args) -> int:
     return 0 if reply.get("ok", True) else 1
 
 
-def cmd_history(args) -> int:
+def cmd_history(args: argparse.Namespace) -> int:
     from qasr_live.outputs.journal import default_journal_path, format_history, read_entries
 
     cfg = _config(args)
@@ -169,7 +176,7 @@ def cmd_history(args) -> int:
     return 0
 
 
-def cmd_devices(args) -> int:
+def cmd_devices(args: argparse.Namespace) -> int:
     from qasr_live.audio.devices import list_input_devices
 
     for device in list_input_devices():
@@ -177,7 +184,7 @@ def cmd_devices(args) -> int:
     return 0
 
 
-def cmd_install_service(args) -> int:
+def cmd_install_service(args: argparse.Namespace) -> int:
     from qasr_live.service import install_service
 
     install_service(str(args.config) if args.config else None, enable=not args.no_enable)
@@ -261,8 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _LOGGER.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
         logging.getLogger("qasr_live.llama_cpp").setLevel(logging.ERROR)
+    command: Callable[[argparse.Namespace], int] = args.func
     try:
-        return args.func(args)
+        return command(args)
     except QasrError as e:
         print(f"qasr-live: error: {e}", file=sys.stderr)
         return e.exit_code

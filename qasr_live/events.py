@@ -405,7 +405,7 @@ def json_schema_text() -> str:
 # ---------------------------------------------------------------------------------------------- type machinery
 
 
-def _required(f: dataclasses.Field) -> bool:
+def _required(f: dataclasses.Field[Any]) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 

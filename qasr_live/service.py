@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from qasr_live.errors import QasrError
@@ -64,7 +65,7 @@ def unit_path() -> Path:
     return base / "systemd" / "user" / UNIT_NAME
 
 
-def install_service(config: str | None = None, enable: bool = True, out=print) -> Path:
+def install_service(config: str | None = None, enable: bool = True, out: Callable[[str], object] = print) -> Path:
     """Write the unit for this installation; reload and enable it when a user manager is reachable."""
     command = f"{shlex.quote(sys.executable)} -m qasr_live"
     if config is not None:

@@ -86,8 +86,9 @@ class _Capture:
     """One open PortAudio input stream and its resampler; the callback runs on PortAudio's thread."""
 
     def __init__(self, owner: MicrophoneSource, device: InputDevice, rate: int, channels: int, opened_at: float):
+        assert owner._loop is not None, "a stream is opened only after start() took the running loop"
         self.owner = owner
-        self.loop = owner._loop
+        self.loop: asyncio.AbstractEventLoop = owner._loop
         self.device = device
         self.rate = rate
         self.channels = channels
@@ -155,7 +156,7 @@ class MicrophoneSource(BlockSource):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._capture: _Capture | None = None
         self._session = 0
-        self._supervisor: asyncio.Task | None = None
+        self._supervisor: asyncio.Task[None] | None = None
         self._trouble: asyncio.Event | None = None  # made on the loop in start()
         self._trouble_reason: tuple[str, bool] | None = None  # (what happened, whether it is an error)
         self._lifecycle = asyncio.Lock()  # start() and stop() never interleave (fast push-to-talk presses)

@@ -37,14 +37,16 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     except (ValueError, EOFError, OSError, TypeError) as exc:  # not a WAV scipy understands
         samples = _decode_ffmpeg(path, sample_rate, reason=str(exc))
         _check_samples(path, samples.reshape(-1, 1), sample_rate)
-        return np.clip(samples, -1.0, 1.0)
+        clipped: np.ndarray = np.clip(samples, -1.0, 1.0)
+        return clipped
     frames = _to_float(path, data)
     _check_samples(path, frames, rate)
     mono = frames.mean(axis=1, dtype=np.float64)
     if rate != sample_rate:
         g = math.gcd(int(rate), int(sample_rate))
         mono = resample_poly(mono, sample_rate // g, int(rate) // g)
-    return np.clip(mono, -1.0, 1.0).astype(np.float32)
+    out: np.ndarray = np.clip(mono, -1.0, 1.0).astype(np.float32)
+    return out
 
 
 def _check_readable(path: Path) -> None:

@@ -100,7 +100,7 @@ class StreamResampler:
         m = k * self.down + self.half_len
         newest = m // self.up - self._buf_start
         idx = newest[:, None] - np.arange(self.taps)[None, :]
-        y = np.einsum("kt,kt->k", self._phases[m % self.up], self._buf[idx])
+        y: np.ndarray = np.einsum("kt,kt->k", self._phases[m % self.up], self._buf[idx])
         self.n_out = end
         # keep only the history the next output needs
         keep_from = (end * self.down + self.half_len) // self.up - (self.taps - 1)

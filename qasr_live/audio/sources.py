@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import sys
@@ -173,7 +174,7 @@ class StdinSource(BlockSource):
             while len(pending) >= want:
                 block = np.frombuffer(bytes(pending[:want]), dtype="<i2").astype(np.int16)
                 del pending[:want]
-                if not self._hand_over(lambda b=block: self._queue.put(b)):
+                if not self._hand_over(functools.partial(self._queue.put, block)):
                     return
         else:
             return  # stopped: stop() ended the stream
@@ -182,7 +183,7 @@ class StdinSource(BlockSource):
             del pending[-1]
         if pending:
             block = np.frombuffer(bytes(pending), dtype="<i2").astype(np.int16)
-            if not self._hand_over(lambda b=block: self._queue.put(b)):
+            if not self._hand_over(functools.partial(self._queue.put, block)):
                 return
         self._hand_over(self._end_of_stream)
 

@@ -218,7 +218,8 @@ class VadSegmenter:
         f = frame.astype(np.float64)
         if float(np.dot(f, f)) / f.size < self._floor_ms:
             return False
-        return self._vad.is_speech(frame.astype("<i2", copy=False).tobytes(), SAMPLE_RATE)
+        voiced: bool = self._vad.is_speech(frame.astype("<i2", copy=False).tobytes(), SAMPLE_RATE)
+        return voiced
 
     def _process_frame(self, frame: np.ndarray, events: list[VadEvent]) -> None:
         start = self._framed

@@ -131,7 +131,7 @@ class CtlServer:
         self.read_timeout_s = read_timeout_s
         self._server: asyncio.base_events.Server | None = None
         self._inode: tuple[int, int] | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def for_runtime(
@@ -361,7 +361,7 @@ def install_signal_handlers(
     """Call ``on_action("toggle")`` on SIGUSR1 and ``on_action("cancel")`` on SIGUSR2 (from the loop; an async
     callback is scheduled as a task). Returns a function that removes the handlers."""
 
-    tasks: set[asyncio.Future] = set()
+    tasks: set[asyncio.Future[Any]] = set()
 
     def make(action: ControlAction) -> Callable[[], None]:
         def handler() -> None:

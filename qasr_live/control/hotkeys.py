@@ -80,7 +80,7 @@ def _x_record_available(session: Session) -> Availability:
         return Availability(False, f"python-xlib is not installed ({e})")
     try:
         conn = Xlib.display.Display(session.display)
-    except Exception as e:
+    except Exception as e:  # DisplayNameError, DisplayConnectionError, OSError...: the reason says which
         return Availability(False, f"cannot connect to X display {session.display!r}: {e}")
     try:
         if not conn.has_extension("RECORD"):
@@ -119,7 +119,7 @@ class HotkeyListener:
         self.start_timeout_s = start_timeout_s
         self._matcher = ComboMatcher(self.combos, self._dispatch, release_grace_s)
         self._listener: Any = None
-        self._tasks: set[asyncio.Future] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     @property
     def running(self) -> bool:
@@ -202,7 +202,12 @@ class HotkeyListener:
 
             listener._handler = handler
         else:
-            threading.Thread(target=lambda: (listener.wait(), ready.set()), daemon=True).start()
+
+            def wait_ready() -> None:
+                listener.wait()
+                ready.set()
+
+            threading.Thread(target=wait_ready, daemon=True).start()
         listener.start()
         deadline = time.monotonic() + self.start_timeout_s
         while not ready.wait(0.02):
@@ -233,13 +238,19 @@ class HotkeyListener:
         # until the server goes away; disabling the context on the control connection ends it at once.
         context, control = getattr(listener, "_context", None), getattr(listener, "_display_stop", None)
         if context is not None and control is not None:
-            with contextlib.suppress(Exception):
+            try:
                 control.record_disable_context(context)
                 control.flush()
-        with contextlib.suppress(Exception):  # its own disable request fails when the thread has closed already
+            except Exception:  # any Xlib error: the listener's own stop below still ends the thread
+                log.debug("hotkeys: disabling the X RECORD context failed", exc_info=True)
+        try:
             listener.stop()
-        with contextlib.suppress(Exception):  # join re-raises what the listener thread raised
+        except Exception:  # its own disable request fails when the thread has closed already
+            log.debug("hotkeys: stopping the pynput listener failed", exc_info=True)
+        try:
             listener.join(2.0)
+        except Exception:  # join re-raises what the listener thread raised
+            log.debug("hotkeys: the pynput listener thread failed", exc_info=True)
         if listener.is_alive():
             log.warning("hotkeys: the pynput listener thread did not stop within 2 s")
 

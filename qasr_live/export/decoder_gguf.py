@@ -14,6 +14,7 @@ import ctypes
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ def gguf_tensors(state: dict[str, np.ndarray], n_layers: int, tied: bool) -> Ite
         yield "output.weight", state["lm_head.weight"]
 
 
-def tokenizer_vocab(tokenizer_json: dict, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
+def tokenizer_vocab(tokenizer_json: dict[str, Any], vocab_size: int) -> tuple[list[str], list[int], list[str]]:
     """Tokens, token types and merges for GGUF's `gpt2` (byte-level BPE) tokenizer model, every token at its
     real id. Ids without a token (the embedding table is padded past the tokenizer) become unused pads."""
     model = tokenizer_json["model"]
@@ -65,20 +66,22 @@ def tokenizer_vocab(tokenizer_json: dict, vocab_size: int) -> tuple[list[str], l
             )
         tokens[idx] = added["content"]
         types[idx] = TOKEN_CONTROL if added.get("special") else TOKEN_USER_DEFINED
+    names: list[str] = []
     for idx, text in enumerate(tokens):
         if text is None:
-            tokens[idx] = f"[PAD{idx}]"
+            text = f"[PAD{idx}]"
             types[idx] = TOKEN_UNUSED
+        names.append(text)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return tokens, types, merges  # type: ignore[return-value]
+    return names, types, merges
 
 
 def write_gguf(
     path: Path,
     precision: str,
-    text_config: dict,
+    text_config: dict[str, Any],
     tensors: Callable[[], Iterator[tuple[str, np.ndarray]]],
-    tokenizer_json: dict,
+    tokenizer_json: dict[str, Any],
     special: dict[str, int],
     name: str,
 ) -> None:
@@ -146,15 +149,17 @@ def quantize_gguf(src: Path, dst: Path, precision: str, threads: int = 0) -> Non
         raise ExportError(f"llama_model_quantize({src.name} -> {dst.name}, {precision}) failed with code {rc}")
 
 
-def load_tokenizer_json(src: Path) -> dict:
+def load_tokenizer_json(src: Path) -> dict[str, Any]:
     """The fast tokenizer's full description (vocab, merges, added tokens), whatever files the checkpoint has."""
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(src), use_fast=True)
+        # transformers leaves AutoTokenizer.from_pretrained unannotated
+        tok = AutoTokenizer.from_pretrained(str(src), use_fast=True)  # type: ignore[no-untyped-call]
     except Exception as e:  # transformers raises many types for a broken tokenizer
         raise ExportError(
             f"cannot load the tokenizer from {src} ({e}); the checkpoint needs vocab.json + "
             "merges.txt + tokenizer_config.json or tokenizer.json, as on Hugging Face."
         ) from e
-    return json.loads(tok.backend_tokenizer.to_str())
+    description: dict[str, Any] = json.loads(tok.backend_tokenizer.to_str())
+    return description

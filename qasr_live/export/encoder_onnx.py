@@ -10,6 +10,7 @@ backend:  rows (B, T, d_model) + additive attention mask (B, 1, T, T) -> (B, T, 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,10 +20,14 @@ OPSET = 18
 
 
 class Frontend(nn.Module):
+    positions: torch.Tensor  # a buffer
+
     def __init__(self, tower: nn.Module) -> None:
         super().__init__()
-        self.tower = tower
-        rows = tower.positional_embedding.positional_embedding[:13].clone()
+        # `tower`, the official Qwen3ASRAudioEncoder (transformers), has untyped submodules and config
+        self.tower: Any = tower
+        official: Any = tower  # mypy narrows self.tower to nn.Module right after the assignment
+        rows = official.positional_embedding.positional_embedding[:13].clone()
         self.register_buffer("positions", rows, persistent=False)
 
     def forward(self, chunk_mel: torch.Tensor) -> torch.Tensor:
@@ -33,13 +38,14 @@ class Frontend(nn.Module):
         x = nn.functional.gelu(t.conv2d3(x))
         b, c, f, n = x.shape
         x = t.conv_out(x.permute(0, 3, 1, 2).reshape(b, n, c * f))
-        return x + self.positions
+        out: torch.Tensor = x + self.positions
+        return out
 
 
 class Backend(nn.Module):
     def __init__(self, tower: nn.Module) -> None:
         super().__init__()
-        self.tower = tower
+        self.tower: Any = tower
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         t = self.tower
@@ -59,15 +65,17 @@ class Backend(nn.Module):
             h = layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
             x = x + h
         x = t.ln_post(x)
-        return t.proj2(t.act(t.proj1(x)))
+        out: torch.Tensor = t.proj2(t.act(t.proj1(x)))
+        return out
 
 
 def export_encoder(tower: nn.Module, out_dir: Path, frontend_name: str, backend_name: str) -> None:
     """Write the fp32 frontend and backend graphs of `tower` (the official Qwen3ASRAudioEncoder)."""
     tower = tower.float().eval()
-    d_model = tower.config.d_model
+    config: Any = tower.config
+    d_model = config.d_model
     with torch.no_grad():
-        mel = torch.randn(2, tower.config.num_mel_bins, CHUNK_FRAMES)
+        mel = torch.randn(2, config.num_mel_bins, CHUNK_FRAMES)
         _export(
             Frontend(tower),
             (mel,),
@@ -92,7 +100,14 @@ def export_encoder(tower: nn.Module, out_dir: Path, frontend_name: str, backend_
         )
 
 
-def _export(module, args, path: Path, inputs, outputs, dynamic_axes) -> None:
+def _export(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+) -> None:
     # The TorchScript exporter: deterministic, one self-contained file, and dynamic axes that are easy to
     # state; the graphs are plain convs, matmuls and layer norms.
     torch.onnx.export(

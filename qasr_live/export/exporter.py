@@ -7,14 +7,16 @@ place only when every file and the manifest are complete, so an interrupted expo
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qasr_live.engine.model_dir import (
     DECODER_PRECISIONS,
@@ -28,12 +30,16 @@ from qasr_live.engine.model_dir import (
 from qasr_live.engine.prompt import ASR_TEXT, CONTROL_TOKENS, TIMESTAMP
 from qasr_live.errors import ExportError
 
+if TYPE_CHECKING:
+    import numpy as np
+
 _LOGGER = logging.getLogger(__name__)
 REQUIRED_TOKENS = (*CONTROL_TOKENS, ASR_TEXT)
 OPTIONAL_TOKENS = (TIMESTAMP,)
+_T = TypeVar("_T")
 
 
-def read_checkpoint_config(src: Path) -> dict:
+def read_checkpoint_config(src: Path) -> dict[str, Any]:
     config_path = src / "config.json"
     if not src.is_dir():
         raise ExportError(
@@ -41,7 +47,7 @@ def read_checkpoint_config(src: Path) -> dict:
             "e.g. `huggingface-cli download Qwen/Qwen3-ASR-0.6B --local-dir Qwen3-ASR-0.6B`."
         )
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ExportError(
             f"{src} has no config.json: not a Hugging Face checkpoint directory. Pass the directory of a downloaded "
@@ -157,7 +163,7 @@ class _Steps:
     def __init__(self, total: int, progress: Callable[[str], None]) -> None:
         self.total, self.n, self.progress = total, 0, progress
 
-    def __call__(self, what: str, fn: Callable[[], object]) -> object:
+    def __call__(self, what: str, fn: Callable[[], _T]) -> _T:
         self.n += 1
         t0 = time.perf_counter()
         result = fn()
@@ -168,12 +174,12 @@ class _Steps:
 def _export_into(
     src: Path,
     tmp: Path,
-    config: dict,
+    config: dict[str, Any],
     encoders: list[str],
     decoders: list[str],
     progress: Callable[[str], None],
     threads: int,
-) -> dict:
+) -> dict[str, Any]:
     import torch
 
     from qasr_live.export.decoder_gguf import gguf_tensors, load_tokenizer_json, quantize_gguf, write_gguf
@@ -182,10 +188,11 @@ def _export_into(
 
     step = _Steps(2 + len(encoders) + len(decoders) + ("fp32" not in encoders), progress)
     _, model_cls, _ = official_classes()
-    model = step("load checkpoint", lambda: model_cls.from_pretrained(str(src), dtype=torch.float32).eval())
+    # the official model (transformers) is untyped
+    model: Any = step("load checkpoint", lambda: model_cls.from_pretrained(str(src), dtype=torch.float32).eval())
     thinker = model.thinker
     tokenizer_json = step("read tokenizer", lambda: load_tokenizer_json(src))
-    special = {t["content"]: t["id"] for t in tokenizer_json.get("added_tokens", [])}
+    special: dict[str, int] = {t["content"]: t["id"] for t in tokenizer_json.get("added_tokens", [])}
     missing = [t for t in REQUIRED_TOKENS if t not in special]
     if missing:
         raise ExportError(
@@ -194,7 +201,7 @@ def _export_into(
         )
     special = {t: special[t] for t in (*REQUIRED_TOKENS, *OPTIONAL_TOKENS) if t in special}
 
-    files: dict[str, dict] = {}
+    files: dict[str, dict[str, str | int]] = {}
 
     def add(name: str, role: str, precision: str) -> None:
         path = tmp / name
@@ -212,11 +219,11 @@ def _export_into(
             continue
         quantize = quantize_int8 if precision == "int8" else quantize_int4
 
-        def run(quantize=quantize, precision=precision) -> None:
+        def quantize_encoder(quantize: Callable[[Path, Path], None] = quantize, precision: str = precision) -> None:
             for part, base in (("frontend", fp32_front), ("backend", fp32_back)):
                 quantize(tmp / base, tmp / encoder_file(part, precision))
 
-        step(f"encoder {precision}", run)
+        step(f"encoder {precision}", quantize_encoder)
     for precision in encoders:
         for part in ("frontend", "backend"):
             add(encoder_file(part, precision), f"encoder_{part}", precision)
@@ -231,7 +238,7 @@ def _export_into(
     arrays = {k: v.detach().float().numpy() for k, v in state.items()}
     name = src.name
 
-    def tensors():
+    def tensors() -> Iterator[tuple[str, np.ndarray]]:
         return gguf_tensors(arrays, text_config["num_hidden_layers"], tied)
 
     for precision in decoders:
@@ -240,19 +247,17 @@ def _export_into(
             base = tmp / decoder_file("f32")
             keep_base = "f32" in decoders and base.exists()
 
-            def run(dst=dst, base=base, keep_base=keep_base) -> None:
+            def quantize_decoder(dst: Path = dst, base: Path = base, keep_base: bool = keep_base) -> None:
                 if not keep_base:
                     write_gguf(base, "f32", text_config, tensors, tokenizer_json, special, name)
                 quantize_gguf(base, dst, "q4_k", threads)
                 if not keep_base:
                     base.unlink()
 
-            step("decoder q4_k (llama.cpp quantizer)", run)
+            step("decoder q4_k (llama.cpp quantizer)", quantize_decoder)
         else:
-            step(
-                f"decoder {precision}",
-                lambda dst=dst, p=precision: write_gguf(dst, p, text_config, tensors, tokenizer_json, special, name),
-            )
+            write = functools.partial(write_gguf, dst, precision, text_config, tensors, tokenizer_json, special, name)
+            step(f"decoder {precision}", write)
         add(decoder_file(precision), "decoder", precision)
 
     audio = thinker.config.audio_config

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from qasr_live.errors import ExportError
 
 
-def official_classes():
+def official_classes() -> tuple[Any, Any, Any]:  # qwen_asr's (transformers) classes are untyped
     """(Qwen3ASRConfig, Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor) from the `qwen-asr` package."""
     try:
         from qwen_asr.core.transformers_backend import (

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from qasr_live.errors import QasrError
 
@@ -50,7 +51,7 @@ class JournalEntry:
     audio_start: float  # seconds on the daemon's audio clock
     audio_end: float
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_line(self) -> bytes:

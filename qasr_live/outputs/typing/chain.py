@@ -340,8 +340,8 @@ class Typist:
                 from pynput.keyboard import Controller
 
                 self._mac_controller = Controller()
-            except Exception as e:
-                raise TypingBackendError(f"pynput is unavailable: {str(e).splitlines()[0]}") from None
+            except Exception as e:  # pynput fails with many types where it has no backend (ImportError, OSError...)
+                raise TypingBackendError(f"pynput is unavailable: {str(e).splitlines()[0]}") from e
         return self._mac_controller
 
     def _type_pynput(self, text: str, session: Session) -> None:
@@ -351,10 +351,10 @@ class Typist:
             for i, ch in enumerate(text):
                 try:
                     controller.type(ch)
-                except Exception as e:
+                except Exception as e:  # pynput's macOS controller raises what Quartz raises: report it as a failure
                     raise TypingBackendError(
                         f"failed at character {i + 1} of {len(text)} ({ch!r}): {e}", delivered=i
-                    ) from None
+                    ) from e
                 if delay:
                     time.sleep(delay)
             return
@@ -409,8 +409,8 @@ class Typist:
             with controller.pressed(Key.cmd):
                 controller.press("v")
                 controller.release("v")
-        except Exception as e:
-            raise TypingBackendError(f"cannot press Cmd+V with pynput: {e}") from None
+        except Exception as e:  # pynput's macOS controller raises what Quartz raises: report it as a failure
+            raise TypingBackendError(f"cannot press Cmd+V with pynput: {e}") from e
 
     def _restore_later(self, session: Session) -> None:
         with self._lock:

@@ -39,7 +39,7 @@ def _xkb_requests() -> tuple[type, type]:
     module import)."""
     from Xlib.protocol import rq
 
-    class UseExtension(rq.ReplyRequest):
+    class UseExtension(rq.ReplyRequest):  # type: ignore[misc]  # python-xlib has no type information
         _request = rq.Struct(
             rq.Card8("opcode"), rq.Opcode(0), rq.RequestLength(), rq.Card16("major"), rq.Card16("minor")
         )
@@ -53,7 +53,7 @@ def _xkb_requests() -> tuple[type, type]:
             rq.Pad(20),
         )
 
-    class GetState(rq.ReplyRequest):
+    class GetState(rq.ReplyRequest):  # type: ignore[misc]  # python-xlib has no type information
         _request = rq.Struct(rq.Card8("opcode"), rq.Opcode(4), rq.RequestLength(), rq.Card16("device_spec"), rq.Pad(2))
         _reply = rq.Struct(
             rq.ReplyCode(),
@@ -113,7 +113,7 @@ class XKeyboard:
         try:
             self._d = Xlib.display.Display(name)
         except Exception as e:  # DisplayNameError, DisplayConnectionError, ConnectionClosedError, OSError...
-            raise TypingBackendError(f"cannot connect to X display {name!r}: {e}") from None
+            raise TypingBackendError(f"cannot connect to X display {name!r}: {e}") from e
         if not self._d.has_extension("XTEST"):
             self._d.close()
             raise TypingBackendError(f"X display {name!r} lacks the XTEST extension")
@@ -137,9 +137,9 @@ class XKeyboard:
             return result
         except TypingBackendError:
             raise
-        except Exception as e:
+        except Exception as e:  # ConnectionClosedError, XError, OSError...: Xlib raises many types
             self.close()
-            raise TypingBackendError(f"lost X display {self.name!r} while {what}: {e}") from None
+            raise TypingBackendError(f"lost X display {self.name!r} while {what}: {e}") from e
 
     def _fake(self, press: bool, keycode: int) -> None:
         import Xlib.ext.xtest
@@ -159,7 +159,8 @@ class XKeyboard:
     def _keysym_code(self, name: str) -> int:
         import Xlib.XK
 
-        return self._d.keysym_to_keycode(Xlib.XK.string_to_keysym(name))
+        code: int = self._d.keysym_to_keycode(Xlib.XK.string_to_keysym(name))
+        return code
 
     def _load_layout(self, group: int = 0) -> None:
         """Read the current key map (the user may have switched layouts since the last call). ``group``: the
@@ -245,9 +246,10 @@ class XKeyboard:
         if not self._xkb_opcode:
             return 0
         try:
-            return _XkbGetState(display=self._d.display, opcode=self._xkb_opcode, device_spec=0x100).group & 3
-        except Exception as e:
-            log.debug("typing: XkbGetState failed (%s); assuming the first layout", e)
+            group: int = _XkbGetState(display=self._d.display, opcode=self._xkb_opcode, device_spec=0x100).group
+            return group & 3
+        except Exception as e:  # any Xlib error here only means: type in the first layout
+            log.debug("typing: XkbGetState failed (%s); assuming the first layout", e, exc_info=True)
             return 0
 
     # -- public
