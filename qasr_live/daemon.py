@@ -122,7 +122,7 @@ class Daemon:
                 loop.add_signal_handler(sig, self.stop)
             stack.callback(install_signal_handlers(loop, self.control))
             await self._start_hotkeys(stack, typist)
-            stack.push_async_callback(self._close_source)
+            stack.push_async_callback(self._source.close)
             if self._dictation.active or not self._source.is_microphone:
                 await self._source.start()
             self.runtime.pid_file.write_text(f"{os.getpid()}\n")
@@ -199,9 +199,6 @@ class Daemon:
         stack.callback(listener.stop)
         if typist is not None:
             typist.set_hotkeys(listener)
-
-    async def _close_source(self) -> None:
-        await (self._source.close() if self._source.is_microphone else self._source.stop())
 
     async def _finish_dictation(self) -> None:
         """Shutdown: finish the utterance in progress and wait until its text is journaled, published and typed."""

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+python3 -m mypy  # type-checks qasr_live (pyproject.toml [tool.mypy])
 python3 -m pytest -q "$@"

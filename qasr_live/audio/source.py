@@ -80,9 +80,14 @@ class AudioSource(Protocol):
     @property
     def samples(self) -> int: ...
 
+    @property
+    def pending(self) -> int: ...
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+    async def close(self) -> None: ...
 
     async def read(self) -> np.ndarray | None: ...
 
@@ -192,6 +197,16 @@ class BlockSource:
     def pending(self) -> int:
         """Blocks queued and not yet read."""
         return self._queue.qsize()
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Stop for good: what the daemon calls at shutdown (a microphone also lets go of its device)."""
+        await self.stop()
 
     def _end(self) -> None:
         if not self._ended:

@@ -9,6 +9,7 @@ backend:  rows (B, T, d_model) + additive attention mask (B, 1, T, T) -> (B, T, 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -109,18 +110,21 @@ def _export(
     dynamic_axes: dict[str, dict[int, str]],
 ) -> None:
     # The TorchScript exporter: deterministic, one self-contained file, and dynamic axes that are easy to
-    # state; the graphs are plain convs, matmuls and layer norms.
-    torch.onnx.export(
-        module,
-        args,
-        str(path),
-        input_names=inputs,
-        output_names=outputs,
-        dynamic_axes=dynamic_axes,
-        opset_version=OPSET,
-        do_constant_folding=True,
-        dynamo=False,
-    )
+    # state; the graphs are plain convs, matmuls and layer norms. Chosen on purpose, so torch's deprecation
+    # notices about it (one for the exporter, one for its logging helper) say nothing new.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
