@@ -8,6 +8,7 @@ test owns, exactly what systemd would see), and offers: a WebSocket subscriber c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from qasr_live.outputs.journal import read_entries
@@ -47,7 +49,11 @@ class EventCollector:
         self.events: list[dict] = []
         self.arrivals: list[float] = []  # time.monotonic() at which each event arrived
         self._cond = threading.Condition()
-        self._ws = connect(url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10)
+        self._failure: Exception | None = None
+        self._exit = contextlib.ExitStack()  # websockets wants its sync client used as a context manager
+        self._ws = self._exit.enter_context(
+            connect(url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10)
+        )
         if since_seq is not None:
             self._ws.send(json.dumps({"type": "subscribe", "since_seq": since_seq}))
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -55,13 +61,17 @@ class EventCollector:
 
     def _run(self) -> None:
         try:
-            for message in self._ws:
+            for message in self._ws:  # ends without an exception when the server closes normally
                 with self._cond:
                     self.arrivals.append(time.monotonic())
                     self.events.append(json.loads(message))
                     self._cond.notify_all()
-        except Exception:
-            pass
+        except ConnectionClosed:
+            pass  # the daemon went away: what arrived is what the test checks
+        except Exception as e:  # a broken client is the test's failure, raised by wait_for, not a silent timeout
+            with self._cond:
+                self._failure = e
+                self._cond.notify_all()
 
     def send(self, message: dict) -> None:
         self._ws.send(json.dumps(message))
@@ -74,6 +84,8 @@ class EventCollector:
                 for event in self.events:
                     if predicate(event):
                         return event
+                if self._failure is not None:
+                    raise RuntimeError("the event collector failed") from self._failure
                 left = deadline - time.monotonic()
                 if left <= 0:
                     types = [e["type"] for e in self.events]
@@ -85,7 +97,7 @@ class EventCollector:
             return [e for e in self.events if e["type"] == kind]
 
     def close(self) -> None:
-        self._ws.close()
+        self._exit.close()
         self._thread.join(5)
 
 
@@ -177,6 +189,10 @@ class RunningDaemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):  # a pipe whose reader is gone: nothing left to flush
+                    stream.close()
         self._log.close()
         self._notify.close()
         return code

@@ -10,16 +10,21 @@ variables there.
 from __future__ import annotations
 
 import enum
+import gc
 import os
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["SESSION_VARS", "Session", "SessionKind", "detect_session"]
+from qasr_live.errors import DisplayError
+
+__all__ = ["SESSION_VARS", "Session", "SessionKind", "detect_session", "open_x_display"]
 
 #: The environment variables that describe the graphical session.
 SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE", "XDG_CURRENT_DESKTOP", "XAUTHORITY")
@@ -105,3 +110,21 @@ def detect_session(env: Mapping[str, str] | None = None, *, platform: str | None
     if display:
         return Session(SessionKind.X11, env, display, None, desktop)
     return Session(SessionKind.NONE, env, None, None, desktop)
+
+
+def open_x_display(name: str | None) -> Any:
+    """``Xlib.display.Display(name)``, or :class:`~qasr_live.errors.DisplayError` with python-xlib's reason.
+
+    python-xlib leaves the socket of a connection it could not complete (no server, refused authorization) to
+    the garbage collector, which then warns about an unclosed socket somewhere else; it is let go here, where
+    the failure happens. ``ImportError`` when python-xlib is missing."""
+    import Xlib.display
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            return Xlib.display.Display(name)
+        except Exception as e:  # DisplayNameError, DisplayConnectionError, ConnectionClosedError, OSError...
+            reason = str(e)
+        gc.collect()  # the failed connection's socket sits in a reference cycle of the exception's frames
+    raise DisplayError(reason)

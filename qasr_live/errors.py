@@ -93,3 +93,7 @@ class TypingBackendError(QasrError):
 
 class HotkeysUnavailable(QasrError):
     """Global hotkeys cannot work in this session; the message says why and what to do instead."""
+
+
+class DisplayError(QasrError):
+    """An X display cannot be opened; the message is the X library's reason."""

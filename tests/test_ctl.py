@@ -190,6 +190,7 @@ def test_a_daemon_in_another_process_is_refused_and_its_crash_leaves_a_replaceab
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()
     assert runtime.ctl_socket.exists()  # the crashed daemon's socket file
     daemon = Daemon()
 

@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ class Served:
     hub: EventHub
     runtime: RuntimeFiles
     tokens: Tokens
+    opened: list[ClientConnection] = field(default_factory=list)  # closed by serving() when the test ends
 
     @property
     def url(self) -> str:
@@ -77,7 +78,9 @@ class Served:
         """A connected client authenticated with the control token (header) unless told otherwise."""
         token = self.tokens.control if token is None else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return await connect(self.url + "/" + query, additional_headers=headers, **kwargs)
+        ws = await connect(self.url + "/" + query, additional_headers=headers, **kwargs)
+        self.opened.append(ws)
+        return ws
 
     async def stuck_client(self, **kwargs: Any) -> ClientConnection:
         """A client that stops reading: tiny TCP receive buffer, reading paused, so the server's writes back up."""
@@ -89,6 +92,7 @@ class Served:
             self.url, sock=sock, additional_headers={"Authorization": f"Bearer {self.tokens.control}"}, **kwargs
         )
         ws.transport.pause_reading()
+        self.opened.append(ws)
         return ws
 
 
@@ -117,10 +121,13 @@ async def serving(
     kwargs.setdefault("close_timeout", 0.5)
     server = WebSocketServer(hub, config, runtime, state=state, **kwargs)
     await server.start()
+    served = Served(server, hub, runtime, runtime.tokens())
     try:
-        yield Served(server, hub, runtime, runtime.tokens())
+        yield served
     finally:
         await server.stop()
+        for ws in served.opened:  # stuck or silent clients included: their sockets close now, not at GC
+            ws.transport.abort()
 
 
 async def recv(ws: ClientConnection, timeout: float = RECV_TIMEOUT) -> tuple[int, ServerEvent]:

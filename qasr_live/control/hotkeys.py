@@ -32,8 +32,8 @@ from typing import Any
 
 from qasr_live.config import HotkeysConfig
 from qasr_live.control.keys import ComboMatcher, canonical_key, combos_for
-from qasr_live.desktop import Session, SessionKind, detect_session
-from qasr_live.errors import HotkeysUnavailable
+from qasr_live.desktop import Session, SessionKind, detect_session, open_x_display
+from qasr_live.errors import DisplayError, HotkeysUnavailable
 from qasr_live.events import ControlAction
 
 __all__ = [
@@ -75,12 +75,10 @@ def available(env: Mapping[str, str] | None = None, *, platform: str | None = No
 
 def _x_record_available(session: Session) -> Availability:
     try:
-        import Xlib.display
+        conn = open_x_display(session.display)
     except ImportError as e:
         return Availability(False, f"python-xlib is not installed ({e})")
-    try:
-        conn = Xlib.display.Display(session.display)
-    except Exception as e:  # DisplayNameError, DisplayConnectionError, OSError...: the reason says which
+    except DisplayError as e:
         return Availability(False, f"cannot connect to X display {session.display!r}: {e}")
     try:
         if not conn.has_extension("RECORD"):

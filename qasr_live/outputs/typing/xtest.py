@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from qasr_live.errors import TypingBackendError
+from qasr_live.desktop import open_x_display
+from qasr_live.errors import DisplayError, TypingBackendError
 
 __all__ = ["XKeyboard", "x_held_modifiers"]
 
@@ -106,13 +107,10 @@ class XKeyboard:
         self.settle_s = settle_s
         self.reuse_after_s = reuse_after_s
         try:
-            import Xlib.display
-            import Xlib.ext.xtest
+            self._d = open_x_display(name)
         except ImportError as e:
             raise TypingBackendError(f"python-xlib is not installed ({e})") from None
-        try:
-            self._d = Xlib.display.Display(name)
-        except Exception as e:  # DisplayNameError, DisplayConnectionError, ConnectionClosedError, OSError...
+        except DisplayError as e:
             raise TypingBackendError(f"cannot connect to X display {name!r}: {e}") from e
         if not self._d.has_extension("XTEST"):
             self._d.close()
