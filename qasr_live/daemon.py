@@ -93,7 +93,6 @@ class Daemon:
         self._server: WebSocketServer | None = None
         self._jobs: set[asyncio.Future[Any]] = set()  # queued or running on the recognizer thread
         self._timers: set[asyncio.TimerHandle] = set()
-        self._control_lock = asyncio.Lock()  # control actions one at a time: opening the microphone takes a while
         self._pumped = asyncio.Condition()
         self._pumped_samples = 0
 
@@ -298,17 +297,18 @@ class Daemon:
             action = ControlAction(action)
         except ValueError:
             raise ProtocolError(f"unknown action {action!r}; known: {', '.join(ControlAction)}") from None
-        async with self._control_lock:
-            for effect in self._dictation.control(action, self._source.samples):
-                if isinstance(effect, OpenMic):
-                    await self._source.start()
-                    self._apply(self._dictation.mic_opened(self._source.samples))
-                elif isinstance(effect, CloseMic):
-                    await self._source.stop()  # queues everything recorded up to now; read() waits for start()
-                    await self._catch_up()
-                    self._apply(self._dictation.mic_closed())
-                else:
-                    self._apply([effect])
+        # Not serialized: as before, an action arriving while the microphone opens or closes sees the state the
+        # controller set when that action began (a key's autorepeat press during its release is ignored).
+        for effect in self._dictation.control(action, self._source.samples):
+            if isinstance(effect, OpenMic):
+                await self._source.start()
+                self._apply(self._dictation.mic_opened(self._source.samples))
+            elif isinstance(effect, CloseMic):
+                await self._source.stop()  # queues everything recorded up to now; read() waits for start()
+                await self._catch_up()
+                self._apply(self._dictation.mic_closed())
+            else:
+                self._apply([effect])
 
     async def set_recognition(self, language: str | None, context: str | None) -> None:
         """Forced language and context for the following utterances (a WebSocket ``config`` message)."""
