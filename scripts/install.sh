@@ -1,34 +1,89 @@
 #!/usr/bin/env bash
-# Installs everything qasr-live needs on a fresh Debian/Ubuntu machine: system packages, then the package
-# itself with its export and test extras. Safe to re-run (seconds when everything is there).
+# Installs qasr-live into a virtual environment, never into the system interpreter: the system packages (apt),
+# then `.venv` in the checkout (QASR_VENV=DIR for another place) made with `python3 -m venv` (PYTHON=... for
+# another interpreter, >= 3.11). Works on a stock Debian/Ubuntu Python (PEP 668, "externally managed").
+#
+#   bash scripts/install.sh --runtime   dictation, transcription, pull/export: no torch (what demo.sh uses)
+#   bash scripts/install.sh [--dev]     + the official implementation, test, lint and benchmark tools (test.sh)
+#
+# Safe to re-run: seconds when nothing changed (a stamp in the venv records what was installed from which
+# pyproject.toml). Afterwards: `.venv/bin/qasr-live ...`, or `source .venv/bin/activate` first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+mode=dev
+case "${1:-}" in
+  --runtime) mode=runtime ;;
+  --dev | "") mode=dev ;;
+  *) echo "usage: bash scripts/install.sh [--runtime|--dev]" >&2; exit 2 ;;
+esac
+VENV="${QASR_VENV:-$PWD/.venv}"
+PYTHON="${PYTHON:-python3}"
+
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-# Runtime: libportaudio2 (microphone), ffmpeg (any audio file format), xdotool/xclip/wtype/wl-clipboard (typing
-# backends). Tests: espeak-ng (speech), xvfb + pulseaudio + libasound2-plugins (a real display and microphone),
-# libtk8.6 (the Tk window the tests type into), systemd (unit check). Demo model training
-# (training/demo_model/build.sh): libtcmalloc-minimal4.
-APT_PACKAGES=(build-essential cmake ffmpeg libportaudio2 espeak-ng xvfb xdotool xclip wtype wl-clipboard
-  x11-xkb-utils xkb-data pulseaudio pulseaudio-utils libasound2-plugins libtk8.6 procps systemd libtcmalloc-minimal4)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "== apt-get install ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# Runtime: build-essential + cmake (llama-cpp-python builds libllama from source), python3-venv (Debian splits
+# venv/ensurepip out of python3), libportaudio2 (microphone), ffmpeg (any audio file format),
+# xdotool/xclip/wtype/wl-clipboard/x11-xkb-utils (typing backends).
+APT_PACKAGES=(build-essential cmake python3-venv ffmpeg libportaudio2 xdotool xclip wtype wl-clipboard
+  x11-xkb-utils xkb-data)
+# Tests: git (fresh-clone install test), espeak-ng (speech), xvfb + pulseaudio + libasound2-plugins (a real
+# display and microphone), libtk8.6 + python3-tk (the Tk window the tests type into), systemd (unit check). Demo model
+# training (training/demo_model/build.sh): libtcmalloc-minimal4.
+[ "$mode" = dev ] && APT_PACKAGES+=(git espeak-ng xvfb pulseaudio pulseaudio-utils libasound2-plugins libtk8.6 python3-tk
+  procps systemd libtcmalloc-minimal4)
+if command -v dpkg >/dev/null; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== apt-get install ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+else
+  echo "== not a Debian/Ubuntu system: install the equivalents of ${APT_PACKAGES[*]} yourself" >&2
 fi
 
-PIP="python3 -m pip"
-$PIP --version >/dev/null
-# torch first and pinned: an unpinned torch requested by a dependency would pull gigabytes of CUDA wheels.
-$PIP install -q torch==2.13.0
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "install.sh: error: qasr-live needs Python >= 3.11; $PYTHON is $("$PYTHON" --version 2>&1 || echo missing)." \
+    "Install python3.11 (or newer) and run: PYTHON=python3.11 bash scripts/install.sh" >&2
+  exit 2
+fi
+# A venv whose interpreter is gone (Python upgraded or removed) is rebuilt rather than half-used.
+if [ -d "$VENV" ] && ! "$VENV/bin/python" -c '' 2>/dev/null; then
+  echo "== $VENV is broken (its interpreter is gone): recreating it"
+  rm -rf "$VENV"
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "== $PYTHON -m venv $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+
+# What is installed is recorded in a stamp; the same mode (or a superset) with the same pyproject.toml and
+# install.sh installs nothing.
+want="$(cat pyproject.toml "$0" | sha256sum | cut -c1-16)"
+stamp="$VENV/.qasr-live-installed"
+have="$(cat "$stamp" 2>/dev/null || true)"
+if [ "$have" = "dev $want" ] || [ "$have" = "$mode $want" ]; then
+  exit 0
+fi
+
+PIP=("$PY" -m pip --disable-pip-version-check)
 # llama-cpp-python builds libllama from source (about 5 minutes on 2 cores; pip caches the wheel afterwards).
 # GPU offload: CMAKE_ARGS="-DGGML_CUDA=on" (or -DGGML_VULKAN=on, -DGGML_METAL=on) bash scripts/install.sh
-echo "== pip install -e .[export,bench,dev] (first run builds llama-cpp-python)"
-CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" $PIP install -q -e ".[export,bench,dev]"
-# The official implementation (export + parity tests only). Its own dependency list pins gradio, flask and
-# vllm-era packages it does not need for the transformers backend, so it goes in without them.
-$PIP install -q --no-deps qwen-asr==0.0.6
-echo "== installed: $(python3 -m qasr_live --version)"
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+if [ "$mode" = runtime ]; then
+  echo "== pip install -e . into $VENV (first run builds llama-cpp-python)"
+  "${PIP[@]}" install -q -e .
+else
+  # torch first and pinned: an unpinned torch requested by a dependency would pull gigabytes of CUDA wheels.
+  echo "== pip install torch==2.13.0 (CPU) and -e .[reference,bench,dev] into $VENV"
+  "${PIP[@]}" install -q torch==2.13.0
+  "${PIP[@]}" install -q -e ".[reference,bench,dev]"
+  # The official implementation (parity tests and benchmarks only). Its own dependency list pins gradio, flask
+  # and vllm-era packages it does not need for the transformers backend, so it goes in without them.
+  "${PIP[@]}" install -q --no-deps qwen-asr==0.0.6
+fi
+echo "$mode $want" >"$stamp"
+echo "== installed $("$PY" -m qasr_live --version) ($mode) in $VENV: run $VENV/bin/qasr-live, or source $VENV/bin/activate"
