@@ -62,7 +62,7 @@ PY="$VENV/bin/python"
 
 # What is installed is recorded in a stamp; the same mode (or a superset) with the same pyproject.toml and
 # install.sh installs nothing.
-want="$(cat pyproject.toml "$0" | sha256sum | cut -c1-16)"
+want="$( (cat pyproject.toml "$0"; echo "${CMAKE_ARGS:-}") | sha256sum | cut -c1-16)"
 stamp="$VENV/.qasr-live-installed"
 have="$(cat "$stamp" 2>/dev/null || true)"
 if [ "$have" = "dev $want" ] || [ "$have" = "$mode $want" ]; then
@@ -70,20 +70,36 @@ if [ "$have" = "dev $want" ] || [ "$have" = "$mode $want" ]; then
 fi
 
 PIP=("$PY" -m pip --disable-pip-version-check)
-# llama-cpp-python builds libllama from source (about 5 minutes on 2 cores; pip caches the wheel afterwards).
+# llama-cpp-python ships only sources: libllama is compiled here, about 5 minutes on 2 cores, once per build
+# configuration, into a wheel kept under ~/.cache/qasr-live/wheels (QASR_WHEEL_CACHE=DIR elsewhere), which every
+# venv, pipx and uv can install from. Its libraries are installed once, inside the package (by default they go
+# to site-packages/lib a second time: 37 MB), and the multimodal library, unused here, is not built.
 # GPU offload: CMAKE_ARGS="-DGGML_CUDA=on" (or -DGGML_VULKAN=on, -DGGML_METAL=on) bash scripts/install.sh
-export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+llama_version="$(sed -n 's/.*"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml)"
+llama_cmake="-DLLAVA_BUILD=OFF -DCMAKE_INSTALL_LIBDIR=llama_cpp/lib -DCMAKE_INSTALL_BINDIR=llama_cpp/lib"
+llama_cmake+=" -DCMAKE_INSTALL_INCLUDEDIR=llama_cpp/include ${CMAKE_ARGS:-}"
+llama_key="$(echo "$llama_version $(uname -m) $llama_cmake" | sha256sum | cut -c1-12)"
+wheels="${QASR_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qasr-live/wheels}/llama-cpp-python-$llama_version-$llama_key"
+if ! compgen -G "$wheels/llama_cpp_python-*.whl" >/dev/null; then
+  echo "== building llama-cpp-python $llama_version (libllama, once per build configuration; about 5 minutes)"
+  rm -rf "$wheels.partial"
+  CMAKE_ARGS="$llama_cmake" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+    "${PIP[@]}" wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python \
+    "llama-cpp-python==$llama_version" -w "$wheels.partial"
+  mv "$wheels.partial" "$wheels"  # only a finished build is ever found
+fi
+PIP+=(install -q --find-links "$wheels")
 if [ "$mode" = runtime ]; then
-  echo "== pip install -e . into $VENV (first run builds llama-cpp-python)"
-  "${PIP[@]}" install -q -e .
+  echo "== pip install -e . into $VENV"
+  "${PIP[@]}" -e .
 else
   # torch first and pinned: an unpinned torch requested by a dependency would pull gigabytes of CUDA wheels.
   echo "== pip install torch==2.13.0 (CPU) and -e .[reference,bench,dev] into $VENV"
-  "${PIP[@]}" install -q torch==2.13.0
-  "${PIP[@]}" install -q -e ".[reference,bench,dev]"
+  "${PIP[@]}" torch==2.13.0
+  "${PIP[@]}" -e ".[reference,bench,dev]"
   # The official implementation (parity tests and benchmarks only). Its own dependency list pins gradio, flask
   # and vllm-era packages it does not need for the transformers backend, so it goes in without them.
-  "${PIP[@]}" install -q --no-deps qwen-asr==0.0.6
+  "${PIP[@]}" --no-deps qwen-asr==0.0.6
 fi
 echo "$mode $want" >"$stamp"
 echo "== installed $("$PY" -m qasr_live --version) ($mode) in $VENV: run $VENV/bin/qasr-live, or source $VENV/bin/activate"

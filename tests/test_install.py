@@ -31,6 +31,18 @@ def _pip_cache() -> str:
     return os.environ.get("PIP_CACHE_DIR") or str(Path.home() / ".cache" / "pip")
 
 
+def _wheel_cache() -> Path:
+    """Where install.sh keeps its llama-cpp-python builds (the suite's own install made one)."""
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(os.environ.get("QASR_WHEEL_CACHE") or Path(xdg) / "qasr-live" / "wheels")
+
+
+def _llama_wheel_dirs() -> str:
+    dirs = [str(d) for d in sorted(_wheel_cache().glob("llama-cpp-python-*")) if not d.name.endswith(".partial")]
+    assert dirs, f"no llama-cpp-python build in {_wheel_cache()}: run scripts/install.sh first"
+    return " ".join(dirs)
+
+
 def _user_env(home: Path) -> dict[str, str]:
     """A new user: own home and XDG directories (no config, no models), the distro Python first on PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QASR_", "VIRTUAL_ENV", "PYTHON"))}
@@ -40,6 +52,7 @@ def _user_env(home: Path) -> dict[str, str]:
         XDG_DATA_HOME=str(home / ".local" / "share"),
         XDG_CACHE_HOME=str(home / ".cache"),
         PIP_CACHE_DIR=_pip_cache(),
+        QASR_WHEEL_CACHE=str(_wheel_cache()),
         PATH=f"/usr/bin:/bin:{env.get('PATH', '')}",
     )
     return env
@@ -161,13 +174,30 @@ def test_install_service_points_at_the_venv(demo_run, fresh_clone, tmp_path):
     assert f"ExecStart={fresh_clone / '.venv' / 'bin' / 'python'} -m qasr_live" in unit, unit
 
 
-def test_pipx_install_gives_a_working_command(fresh_clone, tmp_path):
-    pipx = shutil.which("pipx", path=f"/usr/bin:{os.environ.get('PATH', '')}")
-    assert pipx, "pipx is missing: scripts/install.sh installs it (apt package pipx)"
-    env = _user_env(tmp_path / "home") | {"PIPX_HOME": str(tmp_path / "pipx"), "PIPX_BIN_DIR": str(tmp_path / "bin")}
-    installed = _run([pipx, "install", str(fresh_clone)], env)
+@pytest.mark.parametrize("tool", ["pipx", "uv"])
+def test_tool_install_gives_a_working_command(fresh_clone, tmp_path, tool):
+    """`pipx install .` and `uv tool install .`: a user-wide `qasr-live` for dictation and pull, in its own venv.
+    Both take llama-cpp-python from install.sh's build (the wheel a user gets by running install.sh once, or
+    builds themselves); everything else comes from PyPI."""
+    found = shutil.which(tool, path=f"{Path(sys.executable).parent}:/usr/bin:{os.environ.get('PATH', '')}")
+    assert found, f"{tool} is missing: scripts/install.sh installs it (pipx: apt, uv: the dev extra)"
+    bin_dir = tmp_path / "bin"
+    env = _user_env(tmp_path / "home") | {
+        "PIPX_HOME": str(tmp_path / "pipx"),
+        "PIPX_BIN_DIR": str(bin_dir),
+        "PIP_FIND_LINKS": f"{os.environ.get('PIP_FIND_LINKS', '')} {_llama_wheel_dirs()}".strip(),
+        "UV_TOOL_DIR": str(tmp_path / "uv-tools"),
+        "UV_TOOL_BIN_DIR": str(bin_dir),
+        "UV_CACHE_DIR": str(tmp_path / "uv-cache"),
+        "UV_FIND_LINKS": _llama_wheel_dirs().replace(" ", ","),
+        "UV_PYTHON_DOWNLOADS": "never",
+    }
+    command = [found, "install", str(fresh_clone)]
+    if tool == "uv":
+        command = [found, "tool", "install", "--python", str(DISTRO_PYTHON), str(fresh_clone)]
+    installed = _run(command, env)
     assert installed.returncode == 0, installed.stderr[-3000:]
-    cli = str(tmp_path / "bin" / "qasr-live")
+    cli = str(bin_dir / "qasr-live")
     transcribed = _run([cli, "transcribe", str(SAMPLE), "--format", "txt"], env)
     assert transcribed.returncode == 0 and transcribed.stdout.strip(), transcribed.stderr[-3000:]
     for sub in ("pull", "models", "doctor"):
