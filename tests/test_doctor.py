@@ -21,7 +21,7 @@ from devkit.desktop import Xvfb
 from devkit.pulse import PulseAudio
 from qasr_live.cli import DEMO_MODEL, resolve_model
 from qasr_live.config import AppConfig, ControlConfig
-from qasr_live.doctor import Context, Status, run_checks
+from qasr_live.doctor import Context, Status, install, run_checks
 from qasr_live.doctor.daemon import check_runtime
 from qasr_live.doctor.install import _satisfies
 from qasr_live.doctor.report import Lines
@@ -123,6 +123,9 @@ def test_headless_with_a_microphone_can_dictate(tmp_path: Path, pulse: PulseAudi
     assert device["status"] == "ok" and device["data"]["device"] == pulse.device_name
     assert checks[("WebSocket", "port")]["status"] == "ok" and "is free" in checks[("WebSocket", "port")]["detail"]
     assert checks[("Runtime", "daemon")]["data"]["running"] is False
+    assert "CPU" in checks[("llama.cpp", "build")]["data"]["backends"]
+    assert "CPUExecutionProvider" in checks[("onnxruntime", "providers")]["data"]["providers"]
+    assert checks[("Packages", "dependencies")]["data"]["versions"]["llama-cpp-python"]
     # the service check cannot reach a user manager here: a warning, handled, not a crash
     assert checks[("Service", "systemd")]["status"] in ("warn", "ok")
 
@@ -295,6 +298,49 @@ def test_loose_token_files_are_a_warning(tmp_path: Path) -> None:
     lines = {c.name: c for c in check_runtime(ctx)}
     assert lines["tokens"].status == Status.WARN and "chmod 600" in lines["tokens"].fix
     assert lines["directory"].status == Status.OK and lines["daemon"].data["running"] is False
+
+
+def test_a_daemon_that_holds_the_lock_but_does_not_answer_is_a_warning(tmp_path: Path) -> None:
+    """A daemon still loading its model holds the instance lock before its ctl socket exists: say so, not "not
+    running". The lock is held by a real other process, as the daemon would."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(run / 'ctl.lock')!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        ctx = Context(AppConfig(control=ControlConfig(runtime_dir=str(run))), resolve_model)
+        line = {c.name: c for c in check_runtime(ctx)}["daemon"]
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    assert line.status == Status.WARN and f"pid {holder.pid}" in line.detail and "ctl.sock" in line.detail
+    released = {c.name: c for c in check_runtime(Context(ctx.cfg, resolve_model))}["daemon"]
+    assert released.status == Status.OK and released.data["running"] is False
+
+
+def test_missing_and_mismatched_packages(monkeypatch) -> None:
+    """A missing run-time dependency is a FAIL, a missing feature dependency a warn, a version other than the pin a
+    warn; each with the pip command for this interpreter."""
+    real = install._installed
+    fake = {"websockets": None, "pynput": None, "llama-cpp-python": "0.3.2"}
+    monkeypatch.setattr(install, "_installed", lambda name: fake[name] if name in fake else real(name))
+    lines = {c.name: c for c in install.check_packages(Context(AppConfig(), resolve_model))}
+    assert lines["websockets"].status == Status.FAIL and sys.executable in lines["websockets"].fix
+    assert lines["pynput"].status == Status.WARN and "hotkeys" in lines["pynput"].detail
+    assert lines["llama-cpp-python"].status == Status.WARN and "==0.3.36" in lines["llama-cpp-python"].detail
+    assert lines["dependencies"].data["versions"]["websockets"] is None
 
 
 def test_a_section_that_raises_becomes_one_fail_line(tmp_path: Path) -> None:

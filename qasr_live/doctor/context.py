@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from qasr_live.config import AppConfig
 from qasr_live.desktop import Session, detect_session
 from qasr_live.errors import DaemonNotRunning, QasrError
-from qasr_live.runtime import resolve_runtime_dir
+from qasr_live.runtime import RuntimeFiles, lock_holder, resolve_runtime_dir
 
 if TYPE_CHECKING:
     from qasr_live.engine.model_dir import ModelDir
@@ -52,7 +52,16 @@ class Context:
         try:
             reply = send_command(self.runtime_dir, "status", timeout=3.0)
         except DaemonNotRunning:
-            return DaemonProbe(None, None)
+            files = RuntimeFiles(self.runtime_dir)
+            pid = lock_holder(files.lock_file)
+            if pid is None:
+                return DaemonProbe(None, None)
+            # the daemon takes the lock first and opens its ctl socket once the model is loaded
+            return DaemonProbe(
+                None,
+                f"pid {pid} holds {files.lock_file} but nothing answers on {files.ctl_socket} "
+                "(still loading the model, or hung)",
+            )
         except QasrError as e:  # it accepts but does not answer, or the socket is another user's
             return DaemonProbe(None, str(e))
         return DaemonProbe(dict(reply.get("status") or {}), None)

@@ -36,7 +36,7 @@ def check_runtime(ctx: Context) -> list[Check]:
             out.ok("tokens", what, present=present)
     daemon = ctx.daemon
     if daemon.problem:
-        fix = "restart it: `systemctl --user restart qasr-live`, or end the process that holds the socket"
+        fix = "wait for it, or restart it: `systemctl --user restart qasr-live` (or end that process)"
         out.warn("daemon", daemon.problem, fix, running=None)
     elif daemon.status is None:
         start = "`qasr-live serve` or `systemctl --user start qasr-live` starts it"
