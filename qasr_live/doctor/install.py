@@ -65,7 +65,10 @@ def check_packages(ctx: Context) -> list[Check]:
     here = Path(__file__).resolve().parents[1]
     try:
         dist = importlib.metadata.distribution("qasr-live")
-        origin = json.loads(dist.read_text("direct_url.json") or "{}")
+        try:
+            origin = json.loads(dist.read_text("direct_url.json") or "{}")
+        except json.JSONDecodeError:  # pip's record of where it installed from: only informative here
+            origin = {}
         editable = bool(origin.get("dir_info", {}).get("editable"))
         how = f"editable install of {origin.get('url', '?')}" if editable else "installed"
         out.ok("qasr-live", f"{__version__}, {here} ({how})", version=__version__, path=str(here))
