@@ -27,6 +27,7 @@ EXIT_CODES = """exit status:
   3    model: the model directory is missing, incomplete or corrupt, or llama.cpp/the encoder refused it
   4    device: the microphone cannot be found, opened or kept running
   5    another daemon already runs on the same runtime directory (control.runtime_dir)
+  6    doctor: a check FAILed (dictation cannot work until its fix is applied)
   130  interrupted (Ctrl+C)"""
 DEMO_MODEL = Path(__file__).parent / "models" / "demo"
 
@@ -191,6 +192,14 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from qasr_live.config_file import default_config_path
+    from qasr_live.doctor import run_doctor
+
+    config_path = args.config.expanduser() if args.config else default_config_path()
+    return run_doctor(lambda: _config(args), config_path, resolve_model, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qasr-live",
@@ -258,6 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--config", type=Path, help="config.yaml the service should use")
     i.add_argument("--no-enable", action="store_true", help="only write the unit file")
     i.set_defaults(func=cmd_install_service)
+
+    o = sub.add_parser(
+        "doctor",
+        help="check this installation, model, audio, desktop and service: what works and what to fix",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    o.add_argument("--config", type=Path, help="config.yaml to check (default: ~/.config/qasr-live/config.yaml)")
+    o.add_argument("--model", help="exported model directory (overrides model.dir)")
+    o.add_argument("--device", help="input device by name (overrides audio.device)")
+    o.add_argument("--json", action="store_true", help="the same checks as JSON, for programs")
+    o.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -10,6 +10,7 @@ and exits with the class's ``exit_code``:
    3  the model: a missing, incomplete or corrupt model directory, or llama.cpp / the encoder refusing it
    4  a device: the microphone cannot be opened or fails
    5  another daemon already runs on the same runtime directory
+   6  ``qasr-live doctor``: a check FAILed (dictation cannot work until its fix is applied)
  130  interrupted (Ctrl+C)
 ====  ==========================================================================================
 """
@@ -19,6 +20,7 @@ EXIT_USAGE = 2
 EXIT_MODEL = 3
 EXIT_DEVICE = 4
 EXIT_ALREADY_RUNNING = 5
+EXIT_CHECK_FAILED = 6  # qasr-live doctor: not an exception, a verdict
 EXIT_INTERRUPTED = 130
 
 

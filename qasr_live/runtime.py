@@ -28,7 +28,15 @@ from pathlib import Path
 
 from qasr_live.errors import AlreadyRunning, ConfigError
 
-__all__ = ["RuntimeFiles", "Tokens", "already_running", "instance_lock", "resolve_runtime_dir", "write_private"]
+__all__ = [
+    "RuntimeFiles",
+    "Tokens",
+    "already_running",
+    "instance_lock",
+    "lock_holder",
+    "resolve_runtime_dir",
+    "write_private",
+]
 
 
 def resolve_runtime_dir(configured: str | None) -> Path:
@@ -138,6 +146,22 @@ def instance_lock(lock_file: Path, socket: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing drops the flock; the file stays (removing it would race with a starter)
+
+
+def lock_holder(lock_file: Path) -> int | None:
+    """The pid holding the ``flock`` on ``lock_file``, read from ``/proc/locks`` (Linux) without touching the lock:
+    taking it even for a moment could make a daemon starting at that instant fail. None: not held, or unknown."""
+    try:
+        info = lock_file.stat()
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in table.splitlines():  # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2236420 0 EOF"
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == inode and fields[4].isdigit():
+            return int(fields[4])
+    return None
 
 
 def already_running(lock_file: Path, socket: Path) -> AlreadyRunning:

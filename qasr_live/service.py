@@ -22,7 +22,7 @@ from pathlib import Path
 
 from qasr_live.errors import QasrError
 
-__all__ = ["UNIT_NAME", "install_service", "notify", "render_unit", "unit_path"]
+__all__ = ["UNIT_NAME", "exec_start", "install_service", "installation_command", "notify", "render_unit", "unit_path"]
 
 UNIT_NAME = "qasr-live.service"
 _PATH_LOOKUP = "/usr/bin/env qasr-live"
@@ -58,6 +58,28 @@ WantedBy=graphical-session.target
 """
 
 
+def installation_command() -> str:
+    """The command that starts this installation: its own interpreter with ``-m qasr_live``, so the unit works
+    from a virtual environment without touching PATH (``qasr-live doctor`` compares a unit's ExecStart with it)."""
+    return f"{shlex.quote(sys.executable)} -m qasr_live"
+
+
+def exec_start(unit_text: str) -> list[str] | None:
+    """The words of a unit's (last) ``ExecStart=`` line, None when it has none. (systemd's quoting is close to the
+    shell's for what :func:`render_unit` writes: quoted paths, no specifiers.)"""
+    found = None
+    for line in unit_text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "ExecStart":
+            found = value.strip()
+    if not found:
+        return None
+    try:
+        return shlex.split(found.lstrip("-@:+!"))  # prefixes: ignore failure, argv[0], full privileges...
+    except ValueError:  # unbalanced quotes: systemd would refuse the line as well
+        return [found]
+
+
 def unit_path() -> Path:
     """``$XDG_CONFIG_HOME/systemd/user/qasr-live.service``."""
     xdg = os.environ.get("XDG_CONFIG_HOME", "")
@@ -67,7 +89,7 @@ def unit_path() -> Path:
 
 def install_service(config: str | None = None, enable: bool = True, out: Callable[[str], object] = print) -> Path:
     """Write the unit for this installation; reload and enable it when a user manager is reachable."""
-    command = f"{shlex.quote(sys.executable)} -m qasr_live"
+    command = installation_command()
     if config is not None:
         config = str(Path(config).expanduser().resolve())
         if not Path(config).is_file():

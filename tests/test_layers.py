@@ -20,7 +20,7 @@ FLOORS: list[set[str]] = [
     {"streaming", "offline", "export"},
     {"dictation", "bus"},
     {"outputs", "control"},
-    {"daemon"},
+    {"daemon", "doctor"},
     {"cli"},
     {"__main__"},
 ]
