@@ -84,11 +84,13 @@ if ! compgen -G "$wheels/llama_cpp_python-*.whl" >/dev/null; then
   echo "== building llama-cpp-python $llama_version (libllama, once per build configuration; about 5 minutes)"
   rm -rf "$wheels.partial"
   CMAKE_ARGS="$llama_cmake" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-    "${PIP[@]}" wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python \
+    "${PIP[@]}" wheel -q --no-deps --no-cache-dir \
     "llama-cpp-python==$llama_version" -w "$wheels.partial"
   mv "$wheels.partial" "$wheels"  # only a finished build is ever found
 fi
-PIP+=(install -q --find-links "$wheels")
+# --no-compile: Python writes the bytecode of the modules it really imports at their first import; compiling every
+# module of every package up front (scipy's and onnx's tests included) would add 70 MB to the runtime venv.
+PIP+=(install -q --no-compile --find-links "$wheels")
 if [ "$mode" = runtime ]; then
   echo "== pip install -e . into $VENV"
   "${PIP[@]}" -e .
