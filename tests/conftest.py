@@ -25,14 +25,14 @@ def pytest_configure(config):
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if config.qasr_report:
-        terminalreporter.section("qasr-live parity figures")
+        terminalreporter.section("qasr-live figures")
         for line in config.qasr_report:
             terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
 def report(pytestconfig):
-    """Append a line to the parity summary printed at the end of the run."""
+    """Append a line to the figures printed at the end of the run."""
     return pytestconfig.qasr_report.append
 
 

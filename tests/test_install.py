@@ -123,7 +123,7 @@ def test_demo_sh_on_the_distro_python(demo_run, fresh_clone, user_home):
     assert "qasr-live serve" in demo_run.stderr
 
 
-def test_runtime_venv_has_no_dev_packages_and_stays_small(demo_run, fresh_clone):
+def test_runtime_venv_has_no_dev_packages_and_stays_small(demo_run, fresh_clone, report):
     assert demo_run.returncode == 0, demo_run.stderr[-3000:]
     python = fresh_clone / ".venv" / "bin" / "python"
     found = subprocess.run(
@@ -135,6 +135,7 @@ def test_runtime_venv_has_no_dev_packages_and_stays_small(demo_run, fresh_clone)
     assert found == [], f"the runtime venv has dev-only packages: {found}"
     size_mb = sum(f.stat().st_size for f in (fresh_clone / ".venv").rglob("*") if f.is_file() and not f.is_symlink())
     size_mb //= 1 << 20
+    report(f"install: runtime venv of demo.sh on {DISTRO_PYTHON}: {size_mb} MiB (limit {RUNTIME_VENV_LIMIT_MB})")
     assert size_mb <= RUNTIME_VENV_LIMIT_MB, f"runtime venv is {size_mb} MB"
 
 
