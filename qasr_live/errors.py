@@ -10,6 +10,7 @@ and exits with the class's ``exit_code``:
    3  the model: a missing, incomplete or corrupt model directory, or llama.cpp / the encoder refusing it
    4  a device: the microphone cannot be opened or fails
    5  another daemon already runs on the same runtime directory
+   6  a download: the Hugging Face Hub is unreachable, refuses the repository, or the transfer broke off
  130  interrupted (Ctrl+C)
 ====  ==========================================================================================
 """
@@ -19,6 +20,7 @@ EXIT_USAGE = 2
 EXIT_MODEL = 3
 EXIT_DEVICE = 4
 EXIT_ALREADY_RUNNING = 5
+EXIT_DOWNLOAD = 6
 EXIT_INTERRUPTED = 130
 
 
@@ -58,6 +60,19 @@ class AudioDeviceError(AudioError):
 
 class ExportError(QasrError):
     """A source checkpoint cannot be exported."""
+
+
+class DownloadError(QasrError):
+    """A checkpoint cannot be downloaded from the Hugging Face Hub (`qasr-live pull`); the message says whether
+    running the command again resumes it."""
+
+    exit_code = EXIT_DOWNLOAD
+
+
+class Interrupted(QasrError):
+    """Ctrl+C during a long command that has something to say about it (what was kept, how to resume)."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class ProtocolError(QasrError):
