@@ -389,6 +389,17 @@ def test_bad_options_fail_before_the_network(tmp_path):
     one_error(qasr("pull", "no-such-dir", env=env), EXIT_USAGE, "neither a checkpoint directory nor", "OWNER/NAME")
 
 
+def test_conversion_without_the_export_extras(tiny_checkpoints, tmp_path):
+    """A runtime-only install (no torch) downloads fine and says what to install to convert."""
+    blocker = tmp_path / "no-torch" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    env = make_env(tmp_path, dead_endpoint(), PYTHONPATH=str(blocker.parent))
+    proc = qasr("pull", tiny_checkpoints["tied"], env=env)
+    one_error(proc, EXIT_USAGE, "needs the Python package torch", "pip install 'qasr-live[export]'")
+    assert store_entries(tmp_path) == []
+
+
 def test_a_name_taken_by_another_source_is_not_replaced(pulled, tmp_path):
     data = shutil.copytree(pulled.tmp / "data", tmp_path / "data")
     env = pulled.env | {"XDG_DATA_HOME": str(data), "HF_ENDPOINT": dead_endpoint()}

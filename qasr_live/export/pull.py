@@ -163,6 +163,11 @@ def convert(
         )
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted while converting {label}: nothing was installed{kept}.") from None
+    except ImportError as e:  # the exporter's libraries are an optional extra of the package
+        raise ExportError(
+            f"converting needs the Python package {e.name or e}, which is not installed: install the exporter's "
+            f"dependencies (`pip install 'qasr-live[export]'`) and run the command again{kept}."
+        ) from e
     except Exception as e:  # re-raised unless the disk filled up (the writers report that in their own ways)
         free = free_space(out.parent)
         # ONNX's C++ shape inference truncates its output silently and llama.cpp's quantizer returns a code, so
