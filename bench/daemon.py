@@ -17,9 +17,10 @@ from bench.answers import TOKENS_PER_SECOND, tokens_per_second
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from qasr_live.cli import _config, build_parser, resolve_model
+    from qasr_live.cli import _config, build_parser
     from qasr_live.daemon import serve
     from qasr_live.errors import QasrError
+    from qasr_live.model_store import resolve_model
 
     parser = argparse.ArgumentParser(
         description=__doc__,

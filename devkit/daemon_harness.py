@@ -124,6 +124,7 @@ class RunningDaemon:
             "NOTIFY_SOCKET": str(notify_path),
             "XDG_CONFIG_HOME": str(tmp / "xdg-config"),
             "XDG_STATE_HOME": str(tmp / "xdg-state"),
+            "XDG_DATA_HOME": str(tmp / "xdg-data"),  # no installed (default) model of the user's
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }

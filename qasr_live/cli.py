@@ -17,6 +17,7 @@ from qasr_live.errors import EXIT_INTERRUPTED, QasrError
 if TYPE_CHECKING:  # the commands import their modules lazily, to keep `qasr-live ctl` fast
     from qasr_live.config import AppConfig
     from qasr_live.engine.model_dir import ModelDir
+    from qasr_live.export.pull import PullResult
     from qasr_live.offline.transcript import Transcript
 
 _LOGGER = logging.getLogger("qasr_live")
@@ -28,31 +29,8 @@ EXIT_CODES = """exit status:
   4    device: the microphone cannot be found, opened or kept running
   5    another daemon already runs on the same runtime directory (control.runtime_dir)
   6    doctor: a check FAILed (dictation cannot work until its fix is applied)
+  7    download: the Hugging Face Hub is unreachable, refuses the repository, or the transfer broke off
   130  interrupted (Ctrl+C)"""
-DEMO_MODEL = Path(__file__).parent / "models" / "demo"
-
-
-def resolve_model(cfg: AppConfig) -> ModelDir:
-    """The ModelDir the config asks for; the embedded demo model when none is configured."""
-    from qasr_live.engine.model_dir import open_model_dir
-
-    path: str | Path | None = cfg.model.dir
-    if path is None:
-        if not (DEMO_MODEL / "manifest.json").exists():
-            raise QasrError(
-                "no model configured: set `model.dir` in config.yaml or pass --model DIR, where DIR was written by "
-                "`qasr-live export SRC_CHECKPOINT_DIR DIR` from a Hugging Face Qwen3-ASR checkpoint "
-                "(e.g. `huggingface-cli download Qwen/Qwen3-ASR-0.6B --local-dir Qwen3-ASR-0.6B`)."
-            )
-        path = DEMO_MODEL
-    model = open_model_dir(path, cfg.model.encoder_precision, cfg.model.decoder_precision)
-    if model.is_demo:
-        _LOGGER.warning(
-            "using the embedded DEMO model: trained here on synthetic speech with a limited vocabulary. For real "
-            "dictation download Qwen/Qwen3-ASR-0.6B from Hugging Face and run `qasr-live export DIR OUT`, then set "
-            "model.dir: OUT in config.yaml."
-        )
-    return model
 
 
 def _config(args: argparse.Namespace) -> AppConfig:
@@ -80,6 +58,7 @@ def _config(args: argparse.Namespace) -> AppConfig:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from qasr_live.audio.files import load_audio
     from qasr_live.engine.worker import EncoderWorker
+    from qasr_live.model_store import resolve_model
     from qasr_live.offline.formats import FORMATS, write_outputs
     from qasr_live.offline.pipeline import Transcriber
 
@@ -146,8 +125,82 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pull(args: argparse.Namespace) -> int:
+    from qasr_live import model_store
+    from qasr_live.export.pull import parse_precision, pull_checkpoint
+
+    encoders, decoders = parse_precision(args.precision)
+    name = model_store.check_name(args.name) if args.name else model_store.name_for(args.source)
+    root = model_store.models_dir()
+    result = pull_checkpoint(
+        args.source,
+        model_store.model_path(name, root),
+        encoders,
+        decoders,
+        revision=args.revision,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    default = model_store.get_default(root)
+    make_default: bool | None = args.default
+    if make_default is None and default != name:
+        if sys.stdin.isatty():
+            make_default = _confirm(f"make {name} the default model? [Y/n] ")
+        else:  # a script: never take the default away from another model, but fill an empty (or stale) one
+            make_default = default is None or not (root / default).is_dir()
+    if make_default:
+        model_store.set_default(name, root)
+    _print_pulled(name, result, default == name or bool(make_default))
+    return 0
+
+
+def _confirm(question: str) -> bool:
+    print(question, end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("", "y", "yes")  # Enter accepts; EOF ("" without newline) too
+
+
+def _print_pulled(name: str, result: PullResult, is_default: bool) -> None:
+    from qasr_live.engine.model_dir import open_model_dir
+
+    precisions = open_model_dir(result.path, verify=False).manifest["precisions"]
+    size = sum(f.stat().st_size for f in result.path.iterdir() if f.is_file())
+    c = result.checkpoint
+    origin = f"{c.repo} at {c.revision}" if c.repo else str(c.path)
+    if result.converted:
+        print(f"installed {name}: {origin} -> {result.path} ({size / 1e6:.1f} MB)")
+    else:
+        print(f"{name} is up to date: {origin} in {result.path} ({size / 1e6:.1f} MB)")
+    print(
+        f"  encoder {','.join(precisions['encoder'])}, decoder {','.join(precisions['decoder'])}; "
+        f"download {result.download_seconds:.1f} s, conversion {result.convert_seconds:.1f} s"
+    )
+    if is_default:
+        print(f"  {name} is the default model: `qasr-live transcribe FILE` and `qasr-live serve` use it")
+    else:
+        print(
+            f"  use it with model.name: {name} in config.yaml, or make it the default with "
+            f"`qasr-live models default {name}`"
+        )
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from qasr_live import model_store
+
+    root = model_store.models_dir()
+    if args.action == "remove":
+        was_default = model_store.remove_model(args.name, root)
+        print(f"removed {args.name}" + (" (it was the default: none is set now)" if was_default else ""))
+    elif args.action == "default":
+        model_store.set_default(args.name, root)
+        print(f"{args.name} is the default model")
+    else:
+        print(model_store.format_table(model_store.installed_models(root), root))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from qasr_live.daemon import serve
+    from qasr_live.model_store import resolve_model
 
     cfg = _config(args)
     return serve(cfg, resolve_model(cfg))
@@ -197,7 +250,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from qasr_live.doctor import run_doctor
 
     config_path = args.config.expanduser() if args.config else default_config_path()
-    return run_doctor(lambda: _config(args), config_path, resolve_model, as_json=args.json)
+    return run_doctor(lambda: _config(args), config_path, as_json=args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +283,40 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--decoder", default="f16,q8_0,q4_k", help="decoder precisions (f32,f16,q8_0,q4_k)")
     e.add_argument("--force", action="store_true", help="replace OUT_MODEL_DIR if it exists")
     e.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "pull",
+        help="download a Qwen3-ASR checkpoint from Hugging Face and install it as a model",
+        description="Download REPO (into the Hugging Face cache: resumable; honours HF_ENDPOINT, HF_HOME, HF_TOKEN "
+        "and HF_HUB_OFFLINE) or take a local checkpoint DIR, convert it, and install it under "
+        "$XDG_DATA_HOME/qasr-live/models/NAME.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", metavar="REPO_OR_DIR", help="a Hub repo id (Qwen/Qwen3-ASR-0.6B) or a checkpoint dir")
+    p.add_argument(
+        "--precision",
+        default="int8/q4_k",
+        metavar="ENC/DEC",
+        help="encoder/decoder precisions, each a comma list of fp32,int8,int4 / f32,f16,q8_0,q4_k (default int8/q4_k)",
+    )
+    p.add_argument("--name", help="the model's name (default: the repo's name, lower-cased, e.g. qwen3-asr-0.6b)")
+    p.add_argument(
+        "--default",
+        action=argparse.BooleanOptionalAction,
+        help="make it the default model (default: ask on a terminal, else only when no default is set)",
+    )
+    p.add_argument("--revision", help="a branch, tag or commit of the repo (default: main)")
+    p.set_defaults(func=cmd_pull)
+
+    m = sub.add_parser("models", help="list the installed models; remove one; choose the default")
+    m.set_defaults(func=cmd_models)
+    msub = m.add_subparsers(dest="action")
+    msub.add_parser("list", help="list the installed models (the default)")
+    mr = msub.add_parser("remove", help="delete an installed model")
+    mr.add_argument("name", metavar="NAME")
+    md = msub.add_parser("default", help="make an installed model the default")
+    md.add_argument("name", metavar="NAME")
 
     s = sub.add_parser(
         "serve",

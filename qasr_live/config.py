@@ -111,9 +111,14 @@ class ModelConfig:
 
     dir: str | None = _opt(
         None,
-        "exported model directory; null = the embedded demo model",
+        "exported model directory (wins over model.name); null = model.name, else the default model",
         non_empty=True,
         expand_user=True,
+    )
+    name: str | None = _opt(
+        None,
+        "an installed model's name (`qasr-live models`); null = the default model, else the embedded demo",
+        non_empty=True,
     )
     encoder_precision: str = _opt(
         "auto",
@@ -356,6 +361,7 @@ def config_keys() -> tuple[str, ...]:
 
 
 # --- validation -----------------------------------------------------------------------------------
+
 
 def check_value(value: Any, annotation: Any, spec: Spec) -> tuple[Any, str | None]:
     """Validate and normalise one value: (normalised value, None) or (None, what is wrong)."""

@@ -11,6 +11,7 @@ and exits with the class's ``exit_code``:
    4  a device: the microphone cannot be opened or fails
    5  another daemon already runs on the same runtime directory
    6  ``qasr-live doctor``: a check FAILed (dictation cannot work until its fix is applied)
+   7  a download: the Hugging Face Hub is unreachable, refuses the repository, or the transfer broke off
  130  interrupted (Ctrl+C)
 ====  ==========================================================================================
 """
@@ -21,6 +22,7 @@ EXIT_MODEL = 3
 EXIT_DEVICE = 4
 EXIT_ALREADY_RUNNING = 5
 EXIT_CHECK_FAILED = 6  # qasr-live doctor: not an exception, a verdict
+EXIT_DOWNLOAD = 7
 EXIT_INTERRUPTED = 130
 
 
@@ -60,6 +62,19 @@ class AudioDeviceError(AudioError):
 
 class ExportError(QasrError):
     """A source checkpoint cannot be exported."""
+
+
+class DownloadError(QasrError):
+    """A checkpoint cannot be downloaded from the Hugging Face Hub (`qasr-live pull`); the message says whether
+    running the command again resumes it."""
+
+    exit_code = EXIT_DOWNLOAD
+
+
+class Interrupted(QasrError):
+    """Ctrl+C during a long command that has something to say about it (what was kept, how to resume)."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class ProtocolError(QasrError):

@@ -26,8 +26,8 @@ from websockets.sync.client import connect
 from devkit.daemon_checks import assert_heard, check_event_stream, commits_by_utterance, journal_by_utterance
 from devkit.daemon_harness import RealtimeMic, RunningDaemon, write_config
 from devkit.demo_speech import known_sentences
-from qasr_live.cli import DEMO_MODEL
 from qasr_live.errors import EXIT_ALREADY_RUNNING
+from qasr_live.model_store import DEMO_MODEL
 
 RATE = 16000
 

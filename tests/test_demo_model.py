@@ -38,7 +38,7 @@ from devkit.demo_speech import (
     wer,
 )
 from devkit.pulse import PulseAudio, require_pulse
-from qasr_live.cli import DEMO_MODEL
+from qasr_live.model_store import DEMO_MODEL
 from qasr_live.offline.pipeline import is_pause
 
 MODEL = Path(os.environ.get("QASR_DEMO_MODEL") or DEMO_MODEL)
@@ -226,7 +226,7 @@ def test_daemon_through_pulseaudio_matches_offline(recognizer, tmp_path, report)
 @pytest.mark.skipif(MODEL != DEMO_MODEL, reason="QASR_DEMO_MODEL: a candidate, not the embedded model")
 def test_cli_uses_demo_model_and_says_so_once(tmp_path):
     """Out of the box: no model configured -> the demo model, with one notice on stderr."""
-    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data")}
     cmd = [sys.executable, "-m", "qasr_live", "transcribe", str(DEMO_MODEL / "sample.wav"), "--quiet"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr

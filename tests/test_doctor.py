@@ -19,7 +19,6 @@ import yaml
 from devkit.daemon_harness import RunningDaemon, write_config
 from devkit.desktop import Xvfb
 from devkit.pulse import PulseAudio
-from qasr_live.cli import DEMO_MODEL, resolve_model
 from qasr_live.config import AppConfig, ControlConfig
 from qasr_live.doctor import Context, Status, install, run_checks
 from qasr_live.doctor.daemon import check_runtime
@@ -27,6 +26,7 @@ from qasr_live.doctor.install import _satisfies
 from qasr_live.doctor.report import Lines
 from qasr_live.engine.model_dir import open_model_dir
 from qasr_live.errors import EXIT_CHECK_FAILED, ModelError
+from qasr_live.model_store import DEMO_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE", "XAUTHORITY", "XDG_CURRENT_DESKTOP")
@@ -294,7 +294,7 @@ def test_loose_token_files_are_a_warning(tmp_path: Path) -> None:
     run.mkdir(mode=0o700)
     (run / "token").write_text("secret\n")
     os.chmod(run / "token", 0o644)
-    ctx = Context(AppConfig(control=ControlConfig(runtime_dir=str(run))), resolve_model)
+    ctx = Context(AppConfig(control=ControlConfig(runtime_dir=str(run))))
     lines = {c.name: c for c in check_runtime(ctx)}
     assert lines["tokens"].status == Status.WARN and "chmod 600" in lines["tokens"].fix
     assert lines["directory"].status == Status.OK and lines["daemon"].data["running"] is False
@@ -318,7 +318,7 @@ def test_a_daemon_that_holds_the_lock_but_does_not_answer_is_a_warning(tmp_path:
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        ctx = Context(AppConfig(control=ControlConfig(runtime_dir=str(run))), resolve_model)
+        ctx = Context(AppConfig(control=ControlConfig(runtime_dir=str(run))))
         line = {c.name: c for c in check_runtime(ctx)}["daemon"]
     finally:
         holder.kill()
@@ -326,7 +326,7 @@ def test_a_daemon_that_holds_the_lock_but_does_not_answer_is_a_warning(tmp_path:
         assert holder.stdout is not None
         holder.stdout.close()
     assert line.status == Status.WARN and f"pid {holder.pid}" in line.detail and "ctl.sock" in line.detail
-    released = {c.name: c for c in check_runtime(Context(ctx.cfg, resolve_model))}["daemon"]
+    released = {c.name: c for c in check_runtime(Context(ctx.cfg))}["daemon"]
     assert released.status == Status.OK and released.data["running"] is False
 
 
@@ -336,7 +336,7 @@ def test_missing_and_mismatched_packages(monkeypatch) -> None:
     real = install._installed
     fake = {"websockets": None, "pynput": None, "llama-cpp-python": "0.3.2"}
     monkeypatch.setattr(install, "_installed", lambda name: fake[name] if name in fake else real(name))
-    lines = {c.name: c for c in install.check_packages(Context(AppConfig(), resolve_model))}
+    lines = {c.name: c for c in install.check_packages(Context(AppConfig()))}
     assert lines["websockets"].status == Status.FAIL and sys.executable in lines["websockets"].fix
     assert lines["pynput"].status == Status.WARN and "hotkeys" in lines["pynput"].detail
     assert lines["llama-cpp-python"].status == Status.WARN and "==0.3.36" in lines["llama-cpp-python"].detail
@@ -352,7 +352,7 @@ def test_a_section_that_raises_becomes_one_fail_line(tmp_path: Path) -> None:
         out.ok("thing", "works")
         return out
 
-    ctx = Context(AppConfig(), resolve_model)
+    ctx = Context(AppConfig())
     checks = run_checks(ctx, (("Broken", broken), ("Fine", fine)))
     assert [(c.section, c.status) for c in checks] == [("Broken", Status.FAIL), ("Fine", Status.OK)]
     assert checks[0].detail == "the model fell over; re-export it"

@@ -16,7 +16,7 @@ from devkit.daemon_harness import RunningDaemon, write_config
 from devkit.demo_speech import known_sentences
 from devkit.desktop import TkTextWindow, Xvfb, xdotool
 from devkit.pulse import PulseAudio
-from qasr_live.cli import DEMO_MODEL
+from qasr_live.model_store import DEMO_MODEL
 from qasr_live.outputs.typing import sanitize
 
 HOTKEY = "ctrl+alt+space"

@@ -17,7 +17,7 @@ FLOORS: list[set[str]] = [
     {"config_file"},
     {"audio"},
     {"engine"},
-    {"streaming", "offline", "export"},
+    {"streaming", "offline", "export", "model_store"},
     {"dictation", "bus"},
     {"outputs", "control"},
     {"daemon", "doctor"},

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from qasr_live.config import AppConfig
 from qasr_live.doctor.audio import check_audio
-from qasr_live.doctor.context import Context, ModelResolver
+from qasr_live.doctor.context import Context
 from qasr_live.doctor.daemon import check_runtime, check_service, check_websocket
 from qasr_live.doctor.desktop import check_desktop
 from qasr_live.doctor.install import check_llama, check_model, check_onnxruntime, check_packages, check_python
@@ -70,7 +70,6 @@ def run_checks(ctx: Context, sections: tuple[tuple[str, Section], ...] = SECTION
 def run_doctor(
     load_config: Callable[[], AppConfig],
     config_path: Path,
-    resolve_model: ModelResolver,
     *,
     as_json: bool = False,
     out: Callable[[str], object] = print,
@@ -86,6 +85,6 @@ def run_doctor(
         cfg = AppConfig()
         fix = "correct that key; the checks below use the built-in defaults meanwhile"
         config = Check("Config", "config", Status.FAIL, str(e), fix, data)
-    checks = [config, *run_checks(Context(cfg, resolve_model))]
+    checks = [config, *run_checks(Context(cfg))]
     out(render_json(checks) if as_json else render_text(checks, max(80, shutil.get_terminal_size().columns - 1)))
     return exit_status(checks)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,10 +17,9 @@ from qasr_live.runtime import RuntimeFiles, lock_holder, resolve_runtime_dir
 if TYPE_CHECKING:
     from qasr_live.engine.model_dir import ModelDir
 
-__all__ = ["Context", "DaemonProbe", "ModelResolver", "resolve_configured_model"]
+__all__ = ["Context", "DaemonProbe", "resolve_configured_model"]
 
 #: Turns the config into the model it asks for; raises ModelError (or QasrError) when it cannot.
-ModelResolver = Callable[[AppConfig], "ModelDir"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,11 +32,10 @@ class DaemonProbe:
 
 
 class Context:
-    """The inputs of the checks. ``resolve_model``: see :func:`resolve_configured_model`."""
+    """The inputs of the checks."""
 
-    def __init__(self, cfg: AppConfig, resolve_model: ModelResolver) -> None:
+    def __init__(self, cfg: AppConfig) -> None:
         self.cfg = cfg
-        self.resolve_model = resolve_model
 
     @functools.cached_property
     def runtime_dir(self) -> Path:
@@ -73,16 +70,15 @@ class Context:
 
 def resolve_configured_model(ctx: Context) -> tuple[ModelDir, list[str]]:
     """The model the config resolves to, and the warnings the resolver logged (the model line reports them,
-    instead of a log line after the screen).
+    instead of a log line after the screen)."""
+    from qasr_live.model_store import resolve_model
 
-    THE one place doctor asks: today that is ``cli.resolve_model``, handed in by the CLI (doctor sits below cli);
-    once ``qasr_live/model_store.py`` exists, call its ``resolve_model`` here."""
     logger = logging.getLogger("qasr_live")
     captured = _Captured(logging.WARNING)
     propagate, logger.propagate = logger.propagate, False
     logger.addHandler(captured)
     try:
-        return ctx.resolve_model(ctx.cfg), captured.messages
+        return resolve_model(ctx.cfg), captured.messages
     finally:
         logger.removeHandler(captured)
         logger.propagate = propagate

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -83,9 +83,11 @@ def export_checkpoint(
     progress: Callable[[str], None] = _LOGGER.info,
     threads: int = 0,
     demo: bool = False,
+    source: Mapping[str, Any] | None = None,
 ) -> Path:
     """Export `src` into the model directory `out`; returns `out`. `demo` marks the manifest as the embedded
-    demo model (qasr_live/models/demo), which the CLI announces as such."""
+    demo model (qasr_live/models/demo), which the CLI announces as such; `source` entries (e.g. the Hub repo and
+    revision of a pull) are merged into manifest["source"]."""
     src, out = Path(src).expanduser(), Path(out).expanduser()
     encoders = _parse_list(encoders, ENCODER_PRECISIONS, "--encoder")
     decoders = _parse_list(decoders, DECODER_PRECISIONS, "--decoder")
@@ -106,6 +108,7 @@ def export_checkpoint(
     try:
         manifest = _export_into(src, tmp, config, encoders, decoders, progress, threads)
         manifest["demo"] = demo
+        manifest["source"].update(source or {})
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp, out)
     except BaseException:
