@@ -8,6 +8,10 @@ resident memory of the process (``wait4``'s ``ru_maxrss``). The torch path is th
 ``TORCH_EXPORTER_COMMIT``, the last commit that loaded the official model with torch and traced the encoder,
 unpacked from git. llama.cpp's quantizer (the q4_k step, the same code on both sides) is reported apart.
 
+Then `qasr-live pull` of the same checkpoint from a local Hugging Face Hub (devkit/fake_hub.py: the real client
+over HTTP on 127.0.0.1) with its default precisions (int8 encoder, q4_k decoder): download + convert, wall time
+and peak RSS.
+
 Results: bench/results/export/export.json, export.png, and the table in docs/performance.md.
 """
 
@@ -72,29 +76,59 @@ def run_side(side: str, src: Path, out: Path) -> dict:
     """One export in a child process: wall time, steps, peak RSS."""
     cmd = [sys.executable, "-m", "qasr_live", "export", str(src), str(out), "--force"]
     cmd += ["--encoder", ",".join(ENCODERS), "--decoder", ",".join(DECODERS)]
-    cwd = torch_exporter_tree() if side == "torch" else ROOT
+    wall, rss, steps, _ = _child(cmd, torch_exporter_tree() if side == "torch" else ROOT)
+    quantizer = sum(s["seconds"] for s in steps if "q4_k" in s["step"])
+    return {
+        "seconds": wall,
+        "seconds_without_quantizer": wall - quantizer,
+        "quantizer_seconds": quantizer,
+        "peak_rss_mb": rss,
+        "steps": steps,
+        "output_mb": sum(f.stat().st_size for f in out.iterdir()) / 1e6,
+    }
+
+
+def _child(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float, list[dict], str]:
+    """Run `cmd`: (wall seconds, peak RSS in MB, the exporter's step lines, the last lines of stderr)."""
     t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert child.stderr is not None
-    steps, tail = [], []
+    steps: list[dict] = []
+    tail: list[str] = []
     for line in child.stderr:
         tail = [*tail[-20:], line]
         if m := _STEP.match(line.strip()):
             steps.append({"step": m.group(3), "seconds": float(m.group(4))})
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - t0
     if child.returncode != 0:
-        raise SystemExit(f"{side} export failed ({child.returncode}):\n{''.join(tail)}")
-    quantizer = sum(s["seconds"] for s in steps if "q4_k" in s["step"])
-    return {
-        "seconds": wall,
-        "seconds_without_quantizer": wall - quantizer,
-        "quantizer_seconds": quantizer,
-        "peak_rss_mb": usage.ru_maxrss / 1024,
-        "steps": steps,
-        "output_mb": sum(f.stat().st_size for f in out.iterdir()) / 1e6,
-    }
+        raise SystemExit(f"{' '.join(cmd[2:5])} failed ({child.returncode}):\n{''.join(tail)}")
+    return time.perf_counter() - t0, usage.ru_maxrss / 1024, steps, "".join(tail)
+
+
+def measure_pull(size: str, src: Path) -> dict:
+    """`qasr-live pull` from a local Hub serving `src`, into a throwaway HF cache and models directory."""
+    from devkit.fake_hub import FakeHub
+
+    repo = f"Qwen/Qwen3-ASR-{size.upper()}"
+    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".pull-bench-") as tmp, FakeHub() as hub:
+        hub.add_repo(repo, src)
+        env = os.environ | {
+            "HF_ENDPOINT": hub.endpoint,
+            "HF_HOME": f"{tmp}/hf",
+            "XDG_DATA_HOME": f"{tmp}/data",
+            "XDG_CONFIG_HOME": f"{tmp}/config",
+        }
+        wall, rss, steps, _ = _child([sys.executable, "-m", "qasr_live", "pull", repo, "--no-default"], ROOT, env)
+        convert = sum(s["seconds"] for s in steps)
+        return {
+            "seconds": wall,
+            "download_seconds": wall - convert,
+            "convert_seconds": convert,
+            "peak_rss_mb": rss,
+            "bytes_served": hub.bytes_served,
+            "steps": steps,
+        }
 
 
 def measure(size: str, log=print) -> dict:
@@ -106,6 +140,9 @@ def measure(size: str, log=print) -> dict:
             result[side] = run_side(side, src, Path(tmp) / side)
             shutil.rmtree(Path(tmp) / side)
             log(f"[{size}] {side}: {result[side]['seconds']:.0f} s, {result[side]['peak_rss_mb']:.0f} MB peak")
+    log(f"[{size}] pull from a local Hub")
+    result["pull"] = measure_pull(size, src)
+    log(f"[{size}] pull: {result['pull']['seconds']:.0f} s, {result['pull']['peak_rss_mb']:.0f} MB peak")
     torch, free = result["torch"], result["torchfree"]
     result["speedup_without_quantizer"] = torch["seconds_without_quantizer"] / free["seconds_without_quantizer"]
     result["rss_ratio"] = free["peak_rss_mb"] / torch["peak_rss_mb"]
@@ -128,6 +165,17 @@ def table(results: list[dict]) -> str:
         rows.append(
             f"| {r['size']} | | **ratio** | | **{r['speedup_without_quantizer']:.1f}× faster** | | "
             f"**{r['rss_ratio']:.2f}×** |"
+        )
+    rows += [
+        "",
+        "| size | `qasr-live pull` from a local Hub (int8/q4_k) | download | convert | peak RSS |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        p = r["pull"]
+        rows.append(
+            f"| {r['size']} | {p['seconds']:.0f} s | {p['download_seconds']:.0f} s | {p['convert_seconds']:.0f} s | "
+            f"{p['peak_rss_mb'] / 1024:.2f} GB |"
         )
     return "\n".join(rows)
 
