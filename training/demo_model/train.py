@@ -36,11 +36,11 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
 import devkit.random_checkpoint as random_checkpoint
+from devkit.official import official_classes
 from qasr_live.engine.encoder import CHUNK_FRAMES, WINDOW_ROWS
 from qasr_live.engine.features import feature_output_length
 from qasr_live.engine.prompt import ASR_TEXT, prompt_head, prompt_tail
 from qasr_live.export.encoder_onnx import Backend, Frontend
-from qasr_live.export.official import official_classes
 
 SEED = 20240604
 SPEC = random_checkpoint.RandomModelSpec(
