@@ -139,6 +139,44 @@ def test_bf16_weights_reach_the_gguf_exactly(bf16_checkpoints, bf16_models):
         assert np.array_equal(got, expected)
 
 
+EMBED, HEAD = "thinker.model.embed_tokens.weight", "thinker.lm_head.weight"
+
+
+def _with_head(head, tie_config: bool):
+    """A copy of the tied checkpoint with `head(state)` stored as lm_head and the config's tie flag set."""
+
+    def make(src: Path, dst: Path) -> Path:
+        _rewrite_weights(lambda s: s.update({HEAD: head(s)}))(src, dst)
+        config = json.loads((dst / "config.json").read_text())
+        config["thinker_config"]["text_config"]["tie_word_embeddings"] = tie_config
+        (dst / "config.json").write_text(json.dumps(config))
+        return dst
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("make_src", "tied"),
+    [
+        pytest.param(lambda src, dst: Path(shutil.copytree(src, dst)), True, id="no-head-stored"),
+        pytest.param(_with_head(lambda s: s[EMBED].copy(), False), True, id="head-equals-embedding"),
+        pytest.param(_with_head(lambda s: s[EMBED] * 2, False), False, id="head-differs"),
+        # transformers ties the head on load when the config says so: the stored one is never used
+        pytest.param(_with_head(lambda s: s[EMBED] * 2, True), True, id="config-ties-a-different-head"),
+        pytest.param(_with_head(lambda s: s[EMBED].astype(np.float16), False), True, id="equal-in-another-dtype"),
+    ],
+)
+def test_tied_head_decided_from_the_tensors(tiny_checkpoints, tmp_path, make_src, tied):
+    src = make_src(tiny_checkpoints["tied"], tmp_path / "checkpoint")
+    out = export_checkpoint(src, tmp_path / "model", encoders=["fp32"], decoders=["f32"], progress=quiet)
+    assert open_model_dir(out).manifest["dims"]["tied_embeddings"] is tied
+    _, tensors = gguf_contents(out / decoder_file("f32"))
+    assert ("output.weight" in tensors) is not tied
+    if not tied:
+        head = load_file(src / "model.safetensors")[HEAD]
+        assert np.frombuffer(tensors["output.weight"][2], np.float32).tobytes() == head.astype(np.float32).tobytes()
+
+
 # ----------------------------------------------------------------------------- greedy parity, bf16-stored
 
 
