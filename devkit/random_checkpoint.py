@@ -72,6 +72,10 @@ class RandomModelSpec:
     # GGUF hold exactly the reference's weights: the parity tests then compare computation, not rounding luck.
     logit_scale: float = 1.0
     f16_exact_weights: bool = False
+    # How the weights are stored in model.safetensors: "float32", or "bfloat16" as the real checkpoints are
+    # (rounded after f16_exact_weights: an f16 value rounded to bf16 is still an f16 value, so an f16 GGUF still
+    # holds exactly the stored weights).
+    dtype: str = "float32"
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -222,7 +226,7 @@ def build_random_checkpoint(out_dir: str | Path, spec: RandomModelSpec = RandomM
     import torch
     from transformers import WhisperFeatureExtractor
 
-    from qasr_live.export.official import official_classes
+    from devkit.official import official_classes
 
     config_cls, model_cls, processor_cls = official_classes()
     out = Path(out_dir)
@@ -283,7 +287,7 @@ def build_random_checkpoint(out_dir: str | Path, spec: RandomModelSpec = RandomM
         if spec.f16_exact_weights:
             for param in model.parameters():
                 param.copy_(param.half().float())
-    model.save_pretrained(out, safe_serialization=True)
+    model.to(getattr(torch, spec.dtype)).save_pretrained(out, safe_serialization=True)
     features = WhisperFeatureExtractor(
         feature_size=128,
         sampling_rate=16000,

@@ -21,7 +21,7 @@ import pytest
 from scipy.io import wavfile
 
 import qasr_live.export.decoder_gguf
-import qasr_live.export.encoder_onnx
+import qasr_live.export.encoder_graph
 from qasr_live.engine.decoder import Decoder
 from qasr_live.engine.encoder import AudioEncoder
 from qasr_live.engine.model_dir import MANIFEST, decoder_file, encoder_file, open_model_dir, sha256_file
@@ -296,7 +296,7 @@ def interrupt_after(monkeypatch, module, name: str, exc: type[BaseException]) ->
 
 
 STEPS = [
-    pytest.param(qasr_live.export.encoder_onnx, "quantize_int8", id="in-encoder-int8"),
+    pytest.param(qasr_live.export.encoder_graph, "quantize_int8", id="in-encoder-int8"),
     pytest.param(qasr_live.export.decoder_gguf, "write_gguf", id="in-decoder"),
 ]
 INTERRUPTIONS = [pytest.param(KeyboardInterrupt, id="ctrl-c"), pytest.param(RuntimeError, id="error")]

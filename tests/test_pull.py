@@ -389,14 +389,28 @@ def test_bad_options_fail_before_the_network(tmp_path):
     one_error(qasr("pull", "no-such-dir", env=env), EXIT_USAGE, "neither a checkpoint directory nor", "OWNER/NAME")
 
 
-def test_conversion_without_the_export_extras(tiny_checkpoints, tmp_path):
-    """A runtime-only install (no torch) downloads fine and says what to install to convert."""
-    blocker = tmp_path / "no-torch" / "torch"
+def _blocked(tmp_path, module: str) -> str:
+    """A PYTHONPATH entry that makes `import module` fail as if it were not installed."""
+    blocker = tmp_path / f"no-{module}" / module
     blocker.mkdir(parents=True)
-    (blocker / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
-    env = make_env(tmp_path, dead_endpoint(), PYTHONPATH=str(blocker.parent))
+    (blocker / "__init__.py").write_text(
+        f"raise ModuleNotFoundError(\"No module named '{module}'\", name='{module}')\n"
+    )
+    return str(blocker.parent)
+
+
+def test_pull_converts_without_torch(tiny_checkpoints, tmp_path):
+    """What a runtime-only install has is enough: torch (and with it transformers and qwen_asr) cannot load."""
+    env = make_env(tmp_path, dead_endpoint(), PYTHONPATH=_blocked(tmp_path, "torch"))
+    proc = qasr("pull", tiny_checkpoints["tied"], "--default", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(store_entries(tmp_path)) == 1
+
+
+def test_a_missing_converter_library_is_one_line(tiny_checkpoints, tmp_path):
+    env = make_env(tmp_path, dead_endpoint(), PYTHONPATH=_blocked(tmp_path, "gguf"))
     proc = qasr("pull", tiny_checkpoints["tied"], env=env)
-    one_error(proc, EXIT_USAGE, "needs the Python package torch", "pip install 'qasr-live[export]'")
+    one_error(proc, EXIT_USAGE, "needs the Python package gguf", "reinstall qasr-live")
     assert store_entries(tmp_path) == []
 
 

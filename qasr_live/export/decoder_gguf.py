@@ -4,15 +4,18 @@ Qwen3-ASR gives audio and text the same 1-D position on all three M-RoPE section
 equals plain NeoX RoPE: the `qwen3` architecture (one position per token) runs it exactly, with no M-RoPE
 position planes. The parity tests prove it token for token against the official model.
 
-f32, f16 and q8_0 are written directly with gguf-py; q4_k goes through llama.cpp's own quantizer
-(`llama_model_quantize`), since K-quants have no Python encoder.
+f32, f16 and q8_0 are written directly with gguf-py, one tensor at a time (the tensor table first, from the
+shapes); q4_k goes through llama.cpp's own quantizer (`llama_model_quantize`), since K-quants have no Python
+encoder. Nothing here needs torch: the tensors come from `checkpoint.Checkpoint` (or, in devkit's cross-check,
+from the official torch model).
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +39,28 @@ _LAYER_TENSORS = {
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5
 
 
-def gguf_tensors(state: dict[str, np.ndarray], n_layers: int, tied: bool) -> Iterator[tuple[str, np.ndarray]]:
-    """(gguf name, float32 array) for every decoder tensor; `state` holds the thinker's `model.*` and
-    `lm_head.weight` tensors under their Hugging Face names."""
-    yield "token_embd.weight", state["model.embed_tokens.weight"]
+@dataclass(frozen=True, slots=True)
+class GGUFTensor:
+    """One tensor to write: its GGUF name, its shape, and how to get it as float32 (called once, when its turn
+    comes, so that only one tensor is held at a time)."""
+
+    name: str
+    shape: tuple[int, ...]
+    load: Callable[[], np.ndarray]
+
+
+def decoder_tensor_names(n_layers: int, tied: bool) -> list[tuple[str, str]]:
+    """(gguf name, Hugging Face name inside the thinker) of every decoder tensor, in the file's order."""
+    names = [("token_embd.weight", "model.embed_tokens.weight")]
     for i in range(n_layers):
-        for hf, name in _LAYER_TENSORS.items():
-            yield f"blk.{i}.{name}", state[f"model.layers.{i}.{hf}"]
-    yield "output_norm.weight", state["model.norm.weight"]
+        names += [(f"blk.{i}.{name}", f"model.layers.{i}.{hf}") for hf, name in _LAYER_TENSORS.items()]
+    names.append(("output_norm.weight", "model.norm.weight"))
     if not tied:  # llama.cpp falls back to token_embd when `output` is absent
-        yield "output.weight", state["lm_head.weight"]
+        names.append(("output.weight", "lm_head.weight"))
+    return names
 
 
-def tokenizer_vocab(tokenizer_json: dict[str, Any], vocab_size: int) -> tuple[list[str], list[int], list[str]]:
+def tokenizer_vocab(tokenizer_json: Mapping[str, Any], vocab_size: int) -> tuple[list[str], list[int], list[str]]:
     """Tokens, token types and merges for GGUF's `gpt2` (byte-level BPE) tokenizer model, every token at its
     real id. Ids without a token (the embedding table is padded past the tokenizer) become unused pads."""
     model = tokenizer_json["model"]
@@ -76,16 +88,37 @@ def tokenizer_vocab(tokenizer_json: dict[str, Any], vocab_size: int) -> tuple[li
     return names, types, merges
 
 
+def _stored(shape: tuple[int, ...], precision: str) -> tuple[str, tuple[int, ...], int]:
+    """How a float32 tensor of `shape` is stored at `precision`: ("f32" | "f16" | "q8_0", the shape handed to
+    gguf-py, bytes)."""
+    import gguf
+
+    n = math.prod(shape)
+    if len(shape) == 1 or precision == "f32":  # norms stay f32: llama.cpp expects them so, and they are tiny
+        return "f32", shape, 4 * n
+    if precision == "q8_0" and shape[-1] % 32 == 0:
+        byte_shape = gguf.quants.quant_shape_to_byte_shape(shape, gguf.GGMLQuantizationType.Q8_0)
+        return "q8_0", byte_shape, math.prod(byte_shape)
+    return "f16", shape, 2 * n  # f16, and q8_0 rows narrower than its 32-wide blocks
+
+
+def gguf_nbytes(tensors: Sequence[GGUFTensor], precision: str) -> int:
+    """Bytes of tensor data a GGUF of `precision` holds (what the progress bar counts)."""
+    return sum(_stored(t.shape, precision)[2] for t in tensors)
+
+
 def write_gguf(
     path: Path,
     precision: str,
-    text_config: dict[str, Any],
-    tensors: Callable[[], Iterator[tuple[str, np.ndarray]]],
-    tokenizer_json: dict[str, Any],
-    special: dict[str, int],
+    text_config: Mapping[str, Any],
+    tensors: Sequence[GGUFTensor],
+    tokenizer_json: Mapping[str, Any],
+    special: Mapping[str, int],
     name: str,
+    on_tensor: Callable[[int], None] | None = None,
 ) -> None:
-    """Write one GGUF (precision f32, f16 or q8_0). `tensors` is called once; arrays are converted one by one."""
+    """Write one GGUF (precision f32, f16 or q8_0). The tensor table is written from the shapes first, then
+    each tensor is loaded, converted, written and dropped in turn; `on_tensor` gets the bytes of each."""
     import gguf
 
     qtypes = {
@@ -93,7 +126,7 @@ def write_gguf(
         "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
         "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
     }
-    qtype, ftype = qtypes[precision]
+    _, ftype = qtypes[precision]
     c = text_config
     head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
     writer = gguf.GGUFWriter(str(path), "qwen3")
@@ -120,20 +153,35 @@ def write_gguf(
     writer.add_pad_token_id(special["<|endoftext|>"])
     writer.add_add_bos_token(False)
 
-    for tensor_name, array in tensors():
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        if array.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
-            writer.add_tensor(tensor_name, array)
-        elif qtype == gguf.GGMLQuantizationType.F16:
-            writer.add_tensor(tensor_name, array.astype(np.float16))
-        elif array.shape[-1] % 32 == 0:
-            writer.add_tensor(tensor_name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
-        else:  # q8_0 blocks are 32 wide; a narrower row stays f16
-            writer.add_tensor(tensor_name, array.astype(np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file(progress=False)
-    writer.close()
+    plan = [(tensor, *_stored(tensor.shape, precision)) for tensor in tensors]
+    numpy_dtypes = {"f32": np.float32, "f16": np.float16, "q8_0": np.uint8}
+    for tensor, kind, shape, nbytes in plan:
+        raw = qtypes[kind][0] if kind == "q8_0" else None
+        writer.add_tensor_info(tensor.name, shape, np.dtype(numpy_dtypes[kind]), nbytes, raw_dtype=raw)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for tensor, kind, _, nbytes in plan:
+            array = np.ascontiguousarray(tensor.load(), dtype=np.float32)
+            if array.shape != tensor.shape:
+                raise ExportError(
+                    f"{tensor.name} has shape {list(array.shape)}, its table entry {list(tensor.shape)}; "
+                    "the checkpoint changed during the export: run it again."
+                )
+            if kind == "f16":
+                data: np.ndarray = array.astype(np.float16)
+            elif kind == "q8_0":
+                data = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
+            else:
+                data = array
+            del array
+            writer.write_tensor_data(data)
+            if on_tensor is not None:
+                on_tensor(nbytes)
+            del data
+    finally:
+        writer.close()
 
 
 def quantize_gguf(src: Path, dst: Path, precision: str, threads: int = 0) -> None:
@@ -147,19 +195,3 @@ def quantize_gguf(src: Path, dst: Path, precision: str, threads: int = 0) -> Non
     rc = llama.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         raise ExportError(f"llama_model_quantize({src.name} -> {dst.name}, {precision}) failed with code {rc}")
-
-
-def load_tokenizer_json(src: Path) -> dict[str, Any]:
-    """The fast tokenizer's full description (vocab, merges, added tokens), whatever files the checkpoint has."""
-    from transformers import AutoTokenizer
-
-    try:
-        # transformers leaves AutoTokenizer.from_pretrained unannotated
-        tok = AutoTokenizer.from_pretrained(str(src), use_fast=True)  # type: ignore[no-untyped-call]
-    except Exception as e:  # transformers raises many types for a broken tokenizer
-        raise ExportError(
-            f"cannot load the tokenizer from {src} ({e}); the checkpoint needs vocab.json + "
-            "merges.txt + tokenizer_config.json or tokenizer.json, as on Hugging Face."
-        ) from e
-    description: dict[str, Any] = json.loads(tok.backend_tokenizer.to_str())
-    return description

@@ -1,5 +1,9 @@
 """`qasr-live export`: an official Hugging Face Qwen3-ASR checkpoint -> a qasr-live model directory.
 
+No torch, transformers or qwen-asr: the checkpoint is read with numpy (checkpoint.py, tokenizer_files.py), the
+encoder written as ONNX graphs (encoder_graph.py), the decoder as GGUF with gguf-py (decoder_gguf.py). The
+official torch path survives only as a dev cross-check (devkit/torch_reference_export.py).
+
 The output appears atomically: everything is written into a hidden sibling directory which is renamed into
 place only when every file and the manifest are complete, so an interrupted export never leaves a half model.
 """
@@ -12,11 +16,10 @@ import json
 import logging
 import os
 import shutil
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 from qasr_live.engine.model_dir import (
     DECODER_PRECISIONS,
@@ -29,42 +32,14 @@ from qasr_live.engine.model_dir import (
 )
 from qasr_live.engine.prompt import ASR_TEXT, CONTROL_TOKENS, TIMESTAMP
 from qasr_live.errors import ExportError
-
-if TYPE_CHECKING:
-    import numpy as np
+from qasr_live.export import decoder_gguf, encoder_graph
+from qasr_live.export.checkpoint import TEXT_PREFIX, Checkpoint, open_checkpoint, read_checkpoint_config
+from qasr_live.export.steps import Steps
+from qasr_live.export.tokenizer_files import read_tokenizer
 
 _LOGGER = logging.getLogger(__name__)
 REQUIRED_TOKENS = (*CONTROL_TOKENS, ASR_TEXT)
 OPTIONAL_TOKENS = (TIMESTAMP,)
-_T = TypeVar("_T")
-
-
-def read_checkpoint_config(src: Path) -> dict[str, Any]:
-    config_path = src / "config.json"
-    if not src.is_dir():
-        raise ExportError(
-            f"{src} is not a directory. Pass the directory of a downloaded Qwen3-ASR checkpoint, "
-            "e.g. `huggingface-cli download Qwen/Qwen3-ASR-0.6B --local-dir Qwen3-ASR-0.6B`."
-        )
-    try:
-        config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExportError(
-            f"{src} has no config.json: not a Hugging Face checkpoint directory. Pass the directory of a downloaded "
-            "Qwen3-ASR checkpoint, e.g. `huggingface-cli download Qwen/Qwen3-ASR-0.6B --local-dir Qwen3-ASR-0.6B`."
-        ) from None
-    except OSError as e:
-        raise ExportError(f"{config_path} cannot be read ({e.strerror or e}); check its permissions.") from e
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{config_path} is not valid JSON ({e}); download the checkpoint again.") from e
-    if "thinker_config" not in config:
-        raise ExportError(
-            f"{config_path} has no `thinker_config`: this is not a Qwen3-ASR checkpoint "
-            f"(model_type {config.get('model_type')!r}). Use Qwen/Qwen3-ASR-0.6B or -1.7B."
-        )
-    if "forced_aligner" in config["thinker_config"].get("model_type", ""):
-        raise ExportError(f"{src} is a Qwen3-ForcedAligner checkpoint; `export` takes Qwen3-ASR checkpoints.")
-    return config
 
 
 def _parse_list(values: Sequence[str], allowed: tuple[str, ...], option: str) -> list[str]:
@@ -86,16 +61,21 @@ def export_checkpoint(
     source: Mapping[str, Any] | None = None,
 ) -> Path:
     """Export `src` into the model directory `out`; returns `out`. `demo` marks the manifest as the embedded
-    demo model (qasr_live/models/demo), which the CLI announces as such; `source` entries (e.g. the Hub repo and
-    revision of a pull) are merged into manifest["source"]."""
+    demo model (qasr_live/models/demo), which the CLI announces as such; `source` entries (e.g. the repo id and
+    revision `pull` downloaded) are merged into the manifest's `source`."""
     src, out = Path(src).expanduser(), Path(out).expanduser()
     encoders = _parse_list(encoders, ENCODER_PRECISIONS, "--encoder")
     decoders = _parse_list(decoders, DECODER_PRECISIONS, "--decoder")
     if not encoders or not decoders:
         raise ExportError("export needs at least one encoder and one decoder precision.")
-    config = read_checkpoint_config(src)
+    read_checkpoint_config(src)  # the cheap checks first: not a checkpoint at all
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; choose a new directory or pass --force to replace it.")
+    steps = Steps(2 + len([e for e in encoders if e != "fp32"]) + len(decoders), progress)
+    with steps("read checkpoint", total=None) as step:
+        checkpoint, tied = open_checkpoint(src)
+        tokenizer, special = _read_tokenizer(src)
+        step.size_note = sum({e.file: e.file.stat().st_size for e in checkpoint.tensors.values()}.values())
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,9 +86,17 @@ def export_checkpoint(
             f"cannot create {tmp} next to {out} ({e.strerror or e}); choose an output directory you can write to."
         ) from e
     try:
-        manifest = _export_into(src, tmp, config, encoders, decoders, progress, threads)
+        info = {
+            "path": str(src),
+            "name": src.name,
+            "model_type": checkpoint.config.get("model_type"),
+            "config_sha256": sha256_file(src / "config.json"),
+            **(source or {}),
+        }
+        files = _write_encoders(checkpoint, tmp, encoders, steps)
+        files |= _write_decoders(checkpoint, tied, tokenizer, special, str(info["name"]), tmp, decoders, steps, threads)
+        manifest = _manifest(checkpoint, tied, info, special, encoders, decoders, files)
         manifest["demo"] = demo
-        manifest["source"].update(source or {})
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp, out)
     except BaseException:
@@ -162,129 +150,128 @@ def _remove(path: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-class _Steps:
-    def __init__(self, total: int, progress: Callable[[str], None]) -> None:
-        self.total, self.n, self.progress = total, 0, progress
-
-    def __call__(self, what: str, fn: Callable[[], _T]) -> _T:
-        self.n += 1
-        t0 = time.perf_counter()
-        result = fn()
-        self.progress(f"[{self.n}/{self.total}] {what} ({time.perf_counter() - t0:.1f} s)")
-        return result
-
-
-def _export_into(
-    src: Path,
-    tmp: Path,
-    config: dict[str, Any],
-    encoders: list[str],
-    decoders: list[str],
-    progress: Callable[[str], None],
-    threads: int,
-) -> dict[str, Any]:
-    import torch
-
-    from qasr_live.export.decoder_gguf import gguf_tensors, load_tokenizer_json, quantize_gguf, write_gguf
-    from qasr_live.export.encoder_onnx import export_encoder, quantize_int4, quantize_int8
-    from qasr_live.export.official import official_classes
-
-    step = _Steps(2 + len(encoders) + len(decoders) + ("fp32" not in encoders), progress)
-    _, model_cls, _ = official_classes()
-    # the official model (transformers) is untyped
-    model: Any = step("load checkpoint", lambda: model_cls.from_pretrained(str(src), dtype=torch.float32).eval())
-    thinker = model.thinker
-    tokenizer_json = step("read tokenizer", lambda: load_tokenizer_json(src))
-    special: dict[str, int] = {t["content"]: t["id"] for t in tokenizer_json.get("added_tokens", [])}
+def _read_tokenizer(src: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The tokenizer description and the ids of the Qwen3-ASR special tokens, all required ones present."""
+    tokenizer = read_tokenizer(src)
+    special: dict[str, int] = {t["content"]: t["id"] for t in tokenizer["added_tokens"]}
     missing = [t for t in REQUIRED_TOKENS if t not in special]
     if missing:
         raise ExportError(
             f"the tokenizer of {src} lacks the Qwen3-ASR tokens {', '.join(missing)}; "
             "download the checkpoint's tokenizer files again."
         )
-    special = {t: special[t] for t in (*REQUIRED_TOKENS, *OPTIONAL_TOKENS) if t in special}
+    return tokenizer, {t: special[t] for t in (*REQUIRED_TOKENS, *OPTIONAL_TOKENS) if t in special}
 
-    files: dict[str, dict[str, str | int]] = {}
 
-    def add(name: str, role: str, precision: str) -> None:
-        path = tmp / name
-        files[name] = {
-            "role": role,
-            "precision": precision,
-            "size": path.stat().st_size,
-            "sha256": sha256_file(path),
-        }
+def _file_entry(path: Path, role: str, precision: str) -> dict[str, str | int]:
+    return {"role": role, "precision": precision, "size": path.stat().st_size, "sha256": sha256_file(path)}
 
-    fp32_front, fp32_back = encoder_file("frontend", "fp32"), encoder_file("backend", "fp32")
-    step("encoder fp32 (ONNX export)", lambda: export_encoder(thinker.audio_tower, tmp, fp32_front, fp32_back))
+
+def _write_encoders(
+    checkpoint: Checkpoint, tmp: Path, encoders: list[str], steps: Steps
+) -> dict[str, dict[str, str | int]]:
+    """The fp32 graphs (always: the quantized ones are made from them), then each quantized pair."""
+    fp32 = {part: tmp / encoder_file(part, "fp32") for part in ("frontend", "backend")}
+    with steps("encoder fp32 (ONNX)", total=checkpoint.audio_weights().nbytes()) as step:
+        weights = checkpoint.audio_weights(on_load=step.advance)
+        encoder_graph.write_encoder_onnx(weights, checkpoint.audio_config, fp32["frontend"], fp32["backend"])
+        step.output(*fp32.values())
     for precision in encoders:
         if precision == "fp32":
             continue
-        quantize = quantize_int8 if precision == "int8" else quantize_int4
-
-        def quantize_encoder(quantize: Callable[[Path, Path], None] = quantize, precision: str = precision) -> None:
-            for part, base in (("frontend", fp32_front), ("backend", fp32_back)):
-                quantize(tmp / base, tmp / encoder_file(part, precision))
-
-        step(f"encoder {precision}", quantize_encoder)
-    for precision in encoders:
-        for part in ("frontend", "backend"):
-            add(encoder_file(part, precision), f"encoder_{part}", precision)
+        quantize = encoder_graph.quantize_int8 if precision == "int8" else encoder_graph.quantize_int4
+        with steps(f"encoder {precision}", total=2, unit="graph") as step:
+            for part, base in fp32.items():
+                dst = tmp / encoder_file(part, precision)
+                quantize(base, dst)
+                step.output(dst)
+                step.advance(1)
+    files = {
+        encoder_file(part, precision): _file_entry(tmp / encoder_file(part, precision), f"encoder_{part}", precision)
+        for precision in encoders
+        for part in ("frontend", "backend")
+    }
     if "fp32" not in encoders:
-        (tmp / fp32_front).unlink()
-        (tmp / fp32_back).unlink()
+        for path in fp32.values():
+            path.unlink()
+    return files
 
-    text_config = thinker.config.text_config.to_dict()
-    embed = thinker.model.embed_tokens.weight
-    tied = thinker.lm_head.weight.data_ptr() == embed.data_ptr() or torch.equal(thinker.lm_head.weight, embed)
-    state = {k: v for k, v in thinker.state_dict().items() if k.startswith(("model.", "lm_head."))}
-    arrays = {k: v.detach().float().numpy() for k, v in state.items()}
-    name = src.name
 
-    def tensors() -> Iterator[tuple[str, np.ndarray]]:
-        return gguf_tensors(arrays, text_config["num_hidden_layers"], tied)
+def _decoder_tensors(checkpoint: Checkpoint, tied: bool) -> list[decoder_gguf.GGUFTensor]:
+    names = decoder_gguf.decoder_tensor_names(checkpoint.text_config["num_hidden_layers"], tied)
+    return [
+        decoder_gguf.GGUFTensor(
+            gguf_name,
+            checkpoint.entry(TEXT_PREFIX + hf).shape,
+            functools.partial(checkpoint.load, TEXT_PREFIX + hf),
+        )
+        for gguf_name, hf in names
+    ]
 
+
+def _write_decoders(
+    checkpoint: Checkpoint,
+    tied: bool,
+    tokenizer: Mapping[str, Any],
+    special: Mapping[str, int],
+    name: str,
+    tmp: Path,
+    decoders: list[str],
+    steps: Steps,
+    threads: int,
+) -> dict[str, dict[str, str | int]]:
+    tensors = _decoder_tensors(checkpoint, tied)
+    text = checkpoint.text_config
+    files = {}
     for precision in decoders:
         dst = tmp / decoder_file(precision)
-        if precision == "q4_k":
+        if precision == "q4_k":  # llama.cpp quantizes from an f32 GGUF (kept when f32 is exported too)
             base = tmp / decoder_file("f32")
             keep_base = "f32" in decoders and base.exists()
-
-            def quantize_decoder(dst: Path = dst, base: Path = base, keep_base: bool = keep_base) -> None:
+            total = None if keep_base else decoder_gguf.gguf_nbytes(tensors, "f32")
+            with steps("decoder q4_k", total=total) as step:
                 if not keep_base:
-                    write_gguf(base, "f32", text_config, tensors, tokenizer_json, special, name)
-                quantize_gguf(base, dst, "q4_k", threads)
+                    decoder_gguf.write_gguf(base, "f32", text, tensors, tokenizer, special, name, step.advance)
+                step.describe(f"{step.label} (llama.cpp quantizer)")
+                decoder_gguf.quantize_gguf(base, dst, "q4_k", threads)
                 if not keep_base:
                     base.unlink()
-
-            step("decoder q4_k (llama.cpp quantizer)", quantize_decoder)
+                step.output(dst)
         else:
-            write = functools.partial(write_gguf, dst, precision, text_config, tensors, tokenizer_json, special, name)
-            step(f"decoder {precision}", write)
-        add(decoder_file(precision), "decoder", precision)
+            with steps(f"decoder {precision}", total=decoder_gguf.gguf_nbytes(tensors, precision)) as step:
+                decoder_gguf.write_gguf(dst, precision, text, tensors, tokenizer, special, name, step.advance)
+                step.output(dst)
+        files[decoder_file(precision)] = _file_entry(dst, "decoder", precision)
+    return files
 
-    audio = thinker.config.audio_config
+
+def _manifest(
+    checkpoint: Checkpoint,
+    tied: bool,
+    source: dict[str, Any],
+    special: dict[str, int],
+    encoders: list[str],
+    decoders: list[str],
+    files: dict[str, dict[str, str | int]],
+) -> dict[str, Any]:
+    """The manifest; its dims come from config.json, which check_layout proved agrees with the weights."""
+    audio, text = checkpoint.audio_config, checkpoint.text_config
     return {
         "format_version": FORMAT_VERSION,
         "kind": "qwen3-asr",
         "demo": False,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "source": {
-            "path": str(src),
-            "name": name,
-            "model_type": config.get("model_type"),
-            "config_sha256": sha256_file(src / "config.json"),
-        },
+        "source": source,
         "dims": {
-            "n_mels": audio.num_mel_bins,
-            "chunk_frames": 2 * audio.n_window,
-            "window_frames": audio.n_window_infer,
-            "encoder_d_model": audio.d_model,
-            "encoder_output_dim": audio.output_dim,
-            "decoder_hidden": text_config["hidden_size"],
-            "decoder_layers": text_config["num_hidden_layers"],
-            "vocab_size": text_config["vocab_size"],
-            "tied_embeddings": bool(tied),
+            "n_mels": audio["num_mel_bins"],
+            "chunk_frames": 2 * audio["n_window"],
+            "window_frames": audio["n_window_infer"],
+            "encoder_d_model": audio["d_model"],
+            "encoder_output_dim": audio["output_dim"],
+            "decoder_hidden": text["hidden_size"],
+            "decoder_layers": text["num_hidden_layers"],
+            "vocab_size": text["vocab_size"],
+            "tied_embeddings": tied,
         },
         "special_tokens": special,
         "precisions": {"encoder": encoders, "decoder": decoders},

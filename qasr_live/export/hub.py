@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qasr_live.errors import DownloadError, ExportError, Interrupted, QasrError
-from qasr_live.export.exporter import read_checkpoint_config
+from qasr_live.export.checkpoint import read_checkpoint_config
 
 if TYPE_CHECKING:
     from huggingface_hub.hf_api import RepoSibling
@@ -52,7 +52,7 @@ _EXAMPLE = "Qwen/Qwen3-ASR-0.6B or Qwen/Qwen3-ASR-1.7B"
 
 
 @dataclass(frozen=True, slots=True)
-class Checkpoint:
+class CheckpointSource:
     """A complete checkpoint on disk and where it came from (repo None: a local directory)."""
 
     path: Path
@@ -66,7 +66,7 @@ def _needed(name: str) -> bool:
     return "/" not in name and any(fnmatch.fnmatch(name, pattern) for pattern in NEEDED_FILES)
 
 
-def download_checkpoint(repo_id: str, revision: str | None, progress: Callable[[str], None]) -> Checkpoint:
+def download_checkpoint(repo_id: str, revision: str | None, progress: Callable[[str], None]) -> CheckpointSource:
     """The complete checkpoint `repo_id` at `revision` (default main) in the Hugging Face cache: downloaded or
     resumed when the Hub can be reached, taken from the cache when it cannot (or HF_HUB_OFFLINE=1)."""
     try:
@@ -123,7 +123,7 @@ def download_checkpoint(repo_id: str, revision: str | None, progress: Callable[[
         raise ExportError(
             f"{repo_id} at {sha[:12]} lacks {', '.join(missing)}: it is not a complete checkpoint. Use {_EXAMPLE}."
         )
-    return Checkpoint(snapshot, repo_id, sha, ref, endpoint)
+    return CheckpointSource(snapshot, repo_id, sha, ref, endpoint)
 
 
 def _remember_ref(storage: Path, ref: str, sha: str) -> None:
@@ -165,7 +165,7 @@ def missing_files(snapshot: Path) -> list[str]:
 
 def _from_cache(
     repo_id: str, ref: str, endpoint: str, error: BaseException, progress: Callable[[str], None]
-) -> Checkpoint:
+) -> CheckpointSource:
     """The Hub cannot be asked (offline mode, or unreachable): use the cached snapshot if it is complete."""
     from huggingface_hub import constants
     from huggingface_hub.file_download import REGEX_COMMIT_HASH, repo_folder_name
@@ -193,7 +193,7 @@ def _from_cache(
     _check_config(snapshot, repo_id)
     if not offline:
         progress(f"{why}: using the cached download of {repo_id} at {snapshot.name[:12]}")
-    return Checkpoint(snapshot, repo_id, snapshot.name, ref, endpoint)
+    return CheckpointSource(snapshot, repo_id, snapshot.name, ref, endpoint)
 
 
 def _check_space(cache: Path, storage: Path, wanted: list[RepoSibling], repo_id: str) -> None:

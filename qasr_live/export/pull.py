@@ -7,15 +7,15 @@ target never holds half a model. Before it starts, the space it needs is estimat
 safetensors headers (parameter counts times bytes per parameter of each precision, plus the exporter's
 temporary fp32 files) and compared with the free space, so a small disk fails in a second with the numbers
 instead of after minutes with whatever error the ONNX or GGUF writer makes of a full disk. The estimate follows
-what the exporter writes today (see `conversion_bytes`); a rewritten exporter should update it.
+what the exporter writes (see `conversion_bytes`).
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
-import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,8 +24,9 @@ from typing import Any
 
 from qasr_live.engine.model_dir import DECODER_PRECISIONS, ENCODER_PRECISIONS, MANIFEST
 from qasr_live.errors import ConfigError, ExportError, Interrupted
+from qasr_live.export.checkpoint import Checkpoint
 from qasr_live.export.exporter import export_checkpoint
-from qasr_live.export.hub import REPO_ID, Checkpoint, download_checkpoint, free_space
+from qasr_live.export.hub import REPO_ID, CheckpointSource, download_checkpoint, free_space
 
 DEFAULT_PRECISION = "int8/q4_k"
 # Bytes per parameter of each output (int8/int4 encoders keep norms and biases in fp32; q4_k mixes in q6_k).
@@ -36,7 +37,7 @@ _DECODER_BYTES = {"f32": 4.0, "f16": 2.0, "q8_0": 1.07, "q4_k": 0.7}
 @dataclass(frozen=True, slots=True)
 class PullResult:
     path: Path
-    checkpoint: Checkpoint
+    checkpoint: CheckpointSource
     converted: bool  # False: the installed model already was this revision at these precisions
     download_seconds: float
     convert_seconds: float
@@ -74,7 +75,7 @@ def pull_checkpoint(
         if revision is not None:
             raise ConfigError(f"--revision applies to Hub repos; {source} is a local directory.")
         _check_replaceable(out, repo=None, path=local.resolve())
-        checkpoint = Checkpoint(local.resolve())
+        checkpoint = CheckpointSource(local.resolve())
     elif REPO_ID.fullmatch(source):
         _check_replaceable(out, repo=source, path=None)
         checkpoint = download_checkpoint(source, revision, progress)
@@ -115,7 +116,7 @@ def _check_replaceable(out: Path, repo: str | None, path: Path | None) -> None:
         )
 
 
-def _up_to_date(out: Path, checkpoint: Checkpoint, encoders: Sequence[str], decoders: Sequence[str]) -> bool:
+def _up_to_date(out: Path, checkpoint: CheckpointSource, encoders: Sequence[str], decoders: Sequence[str]) -> bool:
     installed = _installed_source(out)
     return (
         installed is not None
@@ -126,7 +127,7 @@ def _up_to_date(out: Path, checkpoint: Checkpoint, encoders: Sequence[str], deco
 
 
 def convert(
-    checkpoint: Checkpoint,
+    checkpoint: CheckpointSource,
     out: Path,
     encoders: Sequence[str],
     decoders: Sequence[str],
@@ -163,10 +164,11 @@ def convert(
         )
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted while converting {label}: nothing was installed{kept}.") from None
-    except ImportError as e:  # the exporter's libraries are an optional extra of the package
+    except ImportError as e:  # a dependency of the package removed or broken after installing
         raise ExportError(
-            f"converting needs the Python package {e.name or e}, which is not installed: install the exporter's "
-            f"dependencies (`pip install 'qasr-live[export]'`) and run the command again{kept}."
+            f"converting needs the Python package {e.name or e}, which this installation lacks: reinstall "
+            f"qasr-live (`bash scripts/install.sh --runtime`, or `pipx reinstall qasr-live`) and run the command "
+            f"again{kept}."
         ) from e
     except Exception as e:  # re-raised unless the disk filled up (the writers report that in their own ways)
         free = free_space(out.parent)
@@ -214,27 +216,9 @@ def conversion_bytes(src: Path, encoders: Sequence[str], decoders: Sequence[str]
 
 def _parameter_counts(src: Path) -> tuple[int, int] | None:
     """(audio encoder, everything else) parameter counts, from the safetensors headers (no tensor is read)."""
-    index = src / "model.safetensors.index.json"
     try:
-        if index.exists():
-            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        else:
-            files = ["model.safetensors"]
-        audio = text = 0
-        for name in files:
-            with open(src / name, "rb") as f:
-                (length,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(length))
-            for key, entry in header.items():
-                if key == "__metadata__":
-                    continue
-                n = 1
-                for dim in entry["shape"]:
-                    n *= dim
-                if "audio_tower" in key:
-                    audio += n
-                else:
-                    text += n
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        tensors = Checkpoint(src).tensors.values()
+    except ExportError:  # the exporter reports it, with its fix
         return None
-    return audio, text
+    audio = sum(math.prod(t.shape) for t in tensors if "audio_tower" in t.name)
+    return audio, sum(math.prod(t.shape) for t in tensors) - audio

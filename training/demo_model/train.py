@@ -1,7 +1,7 @@
 """Train the demo model: the official Qwen3-ASR classes at a small size, on the clips of data.py, on a CPU.
 
 The forward pass is the one the runtime computes: log-mel cut into 100-frame chunks through the conv frontend,
-the transformer over block-diagonal 8 s windows (104 rows; the encoder_onnx Frontend/Backend modules, which
+the transformer over block-diagonal 8 s windows (104 rows; the devkit.torch_export Frontend/Backend modules, which
 export to exactly these graphs), and the audio rows placed between the official prompt's head and tail:
 
     <|im_start|>system\\n<|im_end|>\\n<|im_start|>user\\n<|audio_start|>[memory rows][rows]<|audio_end|><|im_end|>\\n
@@ -36,11 +36,11 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
 import devkit.random_checkpoint as random_checkpoint
+from devkit.official import official_classes
+from devkit.torch_export import Backend, Frontend
 from qasr_live.engine.encoder import CHUNK_FRAMES, WINDOW_ROWS
 from qasr_live.engine.features import feature_output_length
 from qasr_live.engine.prompt import ASR_TEXT, prompt_head, prompt_tail
-from qasr_live.export.encoder_onnx import Backend, Frontend
-from qasr_live.export.official import official_classes
 
 SEED = 20240604
 SPEC = random_checkpoint.RandomModelSpec(

@@ -1,4 +1,5 @@
-"""Access to the official `qwen-asr` implementation (export and tests only; never imported at run time)."""
+"""Access to the official `qwen-asr` implementation (dev only: random checkpoints, the reference, the torch
+cross-check of the exporter; the runtime package never imports it)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def official_classes() -> tuple[Any, Any, Any]:  # qwen_asr's (transformers) cla
         )
     except ImportError as e:
         raise ExportError(
-            f"export needs the official implementation ({e}). Install the export extra: "
+            f"the dev tools need the official implementation ({e}). Install the export extra: "
             "`bash scripts/install.sh --export` (pip install -e '.[export]' plus `qwen-asr --no-deps`)."
         ) from e
     return Qwen3ASRConfig, Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor
