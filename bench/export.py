@@ -25,7 +25,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -55,18 +54,13 @@ def torch_exporter_tree() -> Path:
     """The package as of TORCH_EXPORTER_COMMIT, unpacked once into the cache (run with it as the cwd)."""
     tree = cache_dir() / f"torch-exporter-{TORCH_EXPORTER_COMMIT}"
     if not (tree / "qasr_live").is_dir():
-        archive = subprocess.run(
-            ["git", "archive", "--format=tar", TORCH_EXPORTER_COMMIT, "qasr_live"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        ).stdout
         partial = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".torch-exporter-"))
-        with tempfile.TemporaryFile() as f:
-            f.write(archive)
-            f.seek(0)
-            with tarfile.open(fileobj=f) as tar:
-                tar.extractall(partial, filter="data")
+        archive = subprocess.Popen(
+            ["git", "archive", "--format=tar", TORCH_EXPORTER_COMMIT, "qasr_live"], cwd=ROOT, stdout=subprocess.PIPE
+        )
+        subprocess.run(["tar", "-x", "-C", str(partial)], stdin=archive.stdout, check=True)
+        if archive.wait() != 0:
+            raise SystemExit(f"git archive {TORCH_EXPORTER_COMMIT} failed: is this a clone with its history?")
         shutil.rmtree(tree, ignore_errors=True)
         partial.rename(tree)
     return tree

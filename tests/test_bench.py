@@ -39,3 +39,20 @@ def test_bench_smoke_run_writes_results_table_and_plots(tmp_path: Path) -> None:
     assert "| tiny | q4_k/int8 |" in text and "| tiny | push-to-talk | 10 s | 1 |" in text
     for name in ("latency.png", "rtf.png", "tokens_per_second.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_export_bench_smoke_run(tmp_path: Path) -> None:
+    """`python -m bench.export --sizes tiny`: both exporters, the pull from a local Hub, JSON, table and plot."""
+    out, docs = tmp_path / "results", tmp_path / "performance.md"
+    docs.write_text("# Performance\n\nhand-written text stays\n")
+    env = {**os.environ, "QASR_BENCH_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "bench.export", "--sizes", "tiny", "--out", str(out), "--docs", str(docs)]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = json.loads((out / "export.json").read_text())
+    for side in ("torch", "torchfree", "pull"):
+        assert run[side]["seconds"] > 0 and run[side]["peak_rss_mb"] > 0 and run[side]["steps"]
+    assert [s["step"] for s in run["torch"]["steps"]][-1].startswith("decoder q4_k")
+    text = docs.read_text()
+    assert text.startswith("# Performance\n\nhand-written text stays\n") and "| tiny | | **ratio** |" in text
+    assert (out / "export.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
