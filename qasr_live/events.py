@@ -348,9 +348,7 @@ def event_from_json(text: str | bytes) -> tuple[int | None, _Message]:
     if "v" in data:
         v = data.pop("v")
         if type(v) is not int or v != PROTOCOL_VERSION:
-            raise ProtocolError(
-                f"{kind}.v: unsupported protocol version {schema.show(v)} (this is {PROTOCOL_VERSION})"
-            )
+            raise ProtocolError(f"{kind}.v: unsupported protocol version {schema.show(v)} (this is {PROTOCOL_VERSION})")
     elif server:
         _missing(cls, "v")
     seq = None

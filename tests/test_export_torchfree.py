@@ -181,24 +181,9 @@ def test_tied_head_decided_from_the_tensors(tiny_checkpoints, tmp_path, make_src
 
 
 def test_bf16_stored_greedy_ids_identical_to_official(bf16_checkpoints, bf16_models, tmp_path, report):
-    import scipy.io.wavfile
+    from tests.test_parity import agreement, reference_table
 
-    from devkit.reference import reference_generate
-    from tests.test_parity import MAX_NEW_TOKENS, agreement, cases, make_audio
-
-    references = {}
-    for name, src in bf16_checkpoints.items():
-        rows = []
-        for language, context, items in cases():
-            files, refs = [], []
-            for seed, seconds in items:
-                audio = make_audio(seconds, seed)
-                path = tmp_path / f"{name}-{seed}.wav"
-                scipy.io.wavfile.write(path, 16000, audio)
-                files.append(path)
-                refs.append(reference_generate(str(src), audio, context, language, MAX_NEW_TOKENS))
-            rows.append((language, context, files, refs))
-        references[name] = rows
+    references = reference_table(bf16_checkpoints, tmp_path)
     total, same, _, mismatches = agreement(bf16_models, references, tmp_path, "f32", "fp32")
     report(f"greedy ids, bf16-stored checkpoints, decoder f32 + encoder fp32: {same}/{total} cases identical")
     assert total >= 20

@@ -96,9 +96,13 @@ def run_cli(
 @pytest.fixture(scope="module")
 def references(tiny_checkpoints, tmp_path_factory):
     """Per checkpoint: the audio files and the official greedy ids of every case."""
-    root = tmp_path_factory.mktemp("parity_audio")
+    return reference_table(tiny_checkpoints, tmp_path_factory.mktemp("parity_audio"))
+
+
+def reference_table(checkpoints: dict[str, Path], root: Path) -> dict[str, list]:
+    """Per checkpoint, per case group: (language, context, the cases' WAV files in `root`, official greedy ids)."""
     table = {}
-    for name, src in tiny_checkpoints.items():
+    for name, src in checkpoints.items():
         rows = []
         for language, context, items in cases():
             files, refs = [], []

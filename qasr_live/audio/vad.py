@@ -372,4 +372,3 @@ def _deepest_pause(held: np.ndarray) -> int:
     while hi + 1 < rms.size and quiet[hi + 1]:
         hi += 1
     return (int(starts[lo]) + int(starts[hi]) + _CUT_WINDOW) // 2
-

@@ -44,6 +44,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True, slots=True)
 class Availability:
     """Whether global hotkeys can work here; ``reason`` says why not (or what they will use). Truthy if ok."""

@@ -24,9 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qasr_live.engine.encoder import CHUNK_FRAMES, ROWS_PER_CHUNK
+from qasr_live.engine.encoder import CHUNK_FRAMES, ROWS_PER_CHUNK, WINDOW_ROWS
 from qasr_live.engine.features import N_MELS
 from qasr_live.errors import ExportError
+
+# Qwen3ASRAudioEncoderConfig's defaults, for keys a config.json may omit: the official class would use them, so the
+# graph does too.
+from qasr_live.export.checkpoint import AUDIO_DEFAULTS
 
 if TYPE_CHECKING:
     import onnx
@@ -35,23 +39,6 @@ OPSET = 18
 LAYER_NORM_EPS = 1e-5  # the official layers are nn.LayerNorm(d_model): torch's default eps
 # onnx.save writes one protobuf, which cannot exceed 2 GB. The towers fit: 0.6B 0.75 GB, 1.7B 1.3 GB of fp32.
 _PROTOBUF_LIMIT = 2**31 - 2**24  # less a margin for the graph itself
-
-# Qwen3ASRAudioEncoderConfig's defaults (qwen_asr configuration_qwen3_asr.py), for keys a config.json may omit:
-# the official class would use them, so the graph does too.
-AUDIO_DEFAULTS: dict[str, Any] = {
-    "num_mel_bins": 128,
-    "encoder_layers": 32,
-    "encoder_attention_heads": 20,
-    "encoder_ffn_dim": 5120,
-    "d_model": 1280,
-    "activation_function": "gelu",
-    "max_source_positions": 1500,
-    "n_window": 100,
-    "output_dim": 3584,
-    "n_window_infer": 400,
-    "conv_chunksize": 500,
-    "downsample_hidden_size": 480,
-}
 
 
 def write_encoder_onnx(
@@ -98,6 +85,7 @@ class _Dims:
         self.output_dim = int(c["output_dim"])
         self.conv = int(c["downsample_hidden_size"])
         self.n_window = int(c["n_window"])
+        self.n_window_infer = int(c["n_window_infer"])
         self.activation = str(c["activation_function"])
         # conv 3x3, stride 2, padding 1, three times: 128 mel bins -> 16, 100 frames -> 13 rows
         self.conv_bins = _halve3(self.n_mels)
@@ -114,6 +102,13 @@ class _Dims:
                 f"the audio config has n_window {dims.n_window} and num_mel_bins {dims.n_mels}; qasr-live encodes "
                 f"{CHUNK_FRAMES}-frame chunks of {N_MELS} mel bins (n_window {CHUNK_FRAMES // 2}) as Qwen3-ASR 0.6B "
                 "and 1.7B do: export one of those checkpoints."
+            )
+        window_frames = WINDOW_ROWS // ROWS_PER_CHUNK * CHUNK_FRAMES
+        if dims.n_window_infer != window_frames:
+            raise ExportError(
+                f"the audio config has n_window_infer {dims.n_window_infer}; qasr-live's encoder attends within "
+                f"{window_frames}-frame (8 s) windows as Qwen3-ASR 0.6B and 1.7B do (n_window_infer "
+                f"{window_frames}): export one of those checkpoints."
             )
         if dims.activation != "gelu":
             raise ExportError(

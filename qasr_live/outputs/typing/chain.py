@@ -431,4 +431,3 @@ class Typist:
             write_clipboard(previous or "", session)
         except TypingBackendError as e:
             log.warning("typing: could not restore the previous clipboard: %s", e)
-
