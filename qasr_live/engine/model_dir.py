@@ -91,16 +91,16 @@ def open_model_dir(
     if not path.is_dir():
         what = "is not a directory" if path.exists() else "does not exist"
         raise ModelError(
-            f"model directory {path} {what}. Set `model.dir` in config.yaml (or --model) to a directory "
-            "written by `qasr-live export SRC_CHECKPOINT_DIR OUT_DIR`."
+            f"model directory {path} {what}. Install a model with `qasr-live pull Qwen/Qwen3-ASR-0.6B`, or set "
+            "`model.dir` in config.yaml (or --model) to a directory written by `qasr-live export SRC OUT_DIR`."
         )
     manifest_path = path / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelError(
-            f"{path} has no {MANIFEST}: it is not an exported qasr-live model. Export one with "
-            f"`qasr-live export SRC_CHECKPOINT_DIR {path}` (SRC is a Hugging Face Qwen3-ASR checkpoint)."
+            f"{path} has no {MANIFEST}: it is not an exported qasr-live model. Install one with `qasr-live pull "
+            f"Qwen/Qwen3-ASR-0.6B`, or export one with `qasr-live export SRC {path}` (SRC: a downloaded checkpoint)."
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{manifest_path} is corrupt ({e}); re-export the model with `qasr-live export`.") from e
