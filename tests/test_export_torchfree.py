@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -402,6 +403,28 @@ def test_bad_checkpoint_through_the_cli(tiny_checkpoints, tmp_path):
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "model.safetensors is truncated or corrupt" in errors[0] and "download it again" in errors[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+PRECISIONS = ("--encoder", "int8", "--decoder", "q8_0,q4_k")
+
+
+def test_cli_export_prints_one_line_per_step(tiny_checkpoints, tmp_path):
+    """What the user sees: `[n/N] step (time, size)` lines and `done:`, none of llama.cpp's per-tensor log."""
+    out = tmp_path / "model"
+    proc = subprocess.run(
+        [sys.executable, "-m", "qasr_live", "export", str(tiny_checkpoints["tied"]), str(out), *PRECISIONS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    steps = ["read checkpoint", "encoder fp32 (ONNX)", "encoder int8", "decoder q8_0", "decoder q4_k"]
+    assert [line.rsplit(" (", 1)[0] for line in lines[:-1]] == [f"[{i}/5] {s}" for i, s in enumerate(steps, 1)], lines
+    assert lines[-1] == f"done: {out}", proc.stderr
+    assert all(re.search(r"\(\d+\.\d s(, [\d.]+ [KMG]?B)?\)$", line) for line in lines[:-1]), proc.stderr
 
 
 # ------------------------------------------------------------------------------------------------- no torch

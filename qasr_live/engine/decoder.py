@@ -29,8 +29,9 @@ _log_callback: object = None
 KV_CACHE_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # ggml_type values
 
 
-def _install_log_hook(llama: ModuleType) -> None:
-    """`llama`: the module `llama_cpp.llama_cpp`."""
+def install_log_hook(llama: ModuleType) -> None:
+    """Route llama.cpp's log lines (model loading, the quantizer's per-tensor lines) to the `qasr_live.llama_cpp`
+    logger instead of stderr; the CLI shows its errors only, all of it with -v. `llama`: `llama_cpp.llama_cpp`."""
     global _log_callback
     if _log_callback is not None:
         return
@@ -65,7 +66,7 @@ class Decoder:
         import llama_cpp.llama_cpp as llama
 
         self._llama = llama
-        _install_log_hook(llama)
+        install_log_hook(llama)
         llama.llama_backend_init()
         self.path = Path(path)
         mparams = llama.llama_model_default_params()

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from qasr_live.engine.decoder import install_log_hook
 from qasr_live.errors import ExportError
 
 _LAYER_TENSORS = {
@@ -188,6 +189,7 @@ def quantize_gguf(src: Path, dst: Path, precision: str, threads: int = 0) -> Non
     """K-quantize a GGUF with llama.cpp's quantizer (through llama-cpp-python's ctypes binding)."""
     import llama_cpp.llama_cpp as llama
 
+    install_log_hook(llama)  # one line per tensor otherwise (310 for the 1.7B model), straight to stderr
     ftypes = {"q4_k": llama.LLAMA_FTYPE_MOSTLY_Q4_K_M}
     params = llama.llama_model_quantize_default_params()
     params.ftype = ftypes[precision]
