@@ -68,11 +68,15 @@ class FakeRepo:
         files = {}
         for file in sorted(p for p in self.root.rglob("*") if p.is_file()):
             rel = file.relative_to(self.root).as_posix()
-            data = file.read_bytes()
-            git_sha1 = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-            lfs = rel.endswith(LFS_SUFFIXES) or len(data) >= LFS_MIN_SIZE
-            sha256 = hashlib.sha256(data).hexdigest()
-            files[rel] = RepoFile(self.repo_id, rel, file, len(data), git_sha1, sha256, lfs)
+            size = file.stat().st_size
+            # hashed in blocks: a served checkpoint may be gigabytes (bench/export.py serves the 1.7B one)
+            git_sha1, sha256 = hashlib.sha1(b"blob %d\0" % size), hashlib.sha256()
+            with open(file, "rb") as f:
+                while block := f.read(1 << 24):
+                    git_sha1.update(block)
+                    sha256.update(block)
+            lfs = rel.endswith(LFS_SUFFIXES) or size >= LFS_MIN_SIZE
+            files[rel] = RepoFile(self.repo_id, rel, file, size, git_sha1.hexdigest(), sha256.hexdigest(), lfs)
         self.files = files
         tree = "".join(f"{f.path}\0{f.blob_id}\n" for f in files.values())
         self.sha = hashlib.sha1(f"{self.repo_id}\n{tree}".encode()).hexdigest()
