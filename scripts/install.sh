@@ -27,11 +27,11 @@ SUDO=""
 # xdotool/xclip/wtype/wl-clipboard/x11-xkb-utils (typing backends).
 APT_PACKAGES=(build-essential cmake python3-venv ffmpeg libportaudio2 xdotool xclip wtype wl-clipboard
   x11-xkb-utils xkb-data)
-# Tests: git + pipx (fresh-clone install tests), espeak-ng (speech), xvfb + pulseaudio + libasound2-plugins (a real
-# display and microphone), libtk8.6 + python3-tk (the Tk window the tests type into), systemd (unit check). Demo model
-# training (training/demo_model/build.sh): libtcmalloc-minimal4.
-[ "$mode" = dev ] && APT_PACKAGES+=(git espeak-ng xvfb pulseaudio pulseaudio-utils libasound2-plugins libtk8.6 python3-tk pipx
-  procps systemd libtcmalloc-minimal4)
+# Tests: git + pipx (fresh-clone install tests), espeak-ng (speech), xvfb + pulseaudio + libasound2-plugins (a
+# real display and microphone), libtk8.6 + python3-tk (the Tk window the tests type into), systemd (unit check).
+# Demo model training (training/demo_model/build.sh): libtcmalloc-minimal4.
+[ "$mode" = dev ] && APT_PACKAGES+=(git pipx espeak-ng xvfb pulseaudio pulseaudio-utils libasound2-plugins
+  libtk8.6 python3-tk procps systemd libtcmalloc-minimal4)
 if command -v dpkg >/dev/null; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
