@@ -79,7 +79,8 @@ llama_version="$(sed -n 's/.*"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.tom
 llama_cmake="-DLLAVA_BUILD=OFF -DCMAKE_INSTALL_LIBDIR=llama_cpp/lib -DCMAKE_INSTALL_BINDIR=llama_cpp/lib"
 llama_cmake+=" -DCMAKE_INSTALL_INCLUDEDIR=llama_cpp/include ${CMAKE_ARGS:-}"
 llama_key="$(echo "$llama_version $(uname -m) $llama_cmake" | sha256sum | cut -c1-12)"
-wheels="${QASR_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qasr-live/wheels}/llama-cpp-python-$llama_version-$llama_key"
+wheel_cache="${QASR_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qasr-live/wheels}"
+wheels="$wheel_cache/llama-cpp-python-$llama_version-$llama_key"
 if ! compgen -G "$wheels/llama_cpp_python-*.whl" >/dev/null; then
   echo "== building llama-cpp-python $llama_version (libllama, once per build configuration; about 5 minutes)"
   rm -rf "$wheels.partial"
@@ -104,4 +105,5 @@ else
   "${PIP[@]}" --no-deps qwen-asr==0.0.6
 fi
 echo "$mode $want" >"$stamp"
-echo "== installed $("$PY" -m qasr_live --version) ($mode) in $VENV: run $VENV/bin/qasr-live, or source $VENV/bin/activate"
+echo "== installed $("$PY" -m qasr_live --version) ($mode) in $VENV:" \
+  "run $VENV/bin/qasr-live, or source $VENV/bin/activate first"
