@@ -89,12 +89,14 @@ if ! compgen -G "$wheels/llama_cpp_python-*.whl" >/dev/null; then
     "llama-cpp-python==$llama_version" -w "$wheels.partial"
   mv "$wheels.partial" "$wheels"  # only a finished build is ever found
 fi
-# --no-compile: Python writes the bytecode of the modules it really imports at their first import; compiling every
-# module of every package up front (scipy's and onnx's tests included) would add 70 MB to the runtime venv.
-PIP+=(install -q --no-compile --find-links "$wheels")
+PIP+=(install -q --find-links "$wheels")
 if [ "$mode" = runtime ]; then
+  # --no-compile: Python writes the bytecode of the modules it really imports at their first import; compiling
+  # every module of every package up front (scipy's and onnx's tests included) would add 70 MB to the venv.
+  # (The dev venv compiles at install: the tests turn warnings into errors, and some dependencies' sources
+  # warn when compiled, e.g. nagisa's invalid escape sequences.)
   echo "== pip install -e . into $VENV"
-  "${PIP[@]}" -e .
+  "${PIP[@]}" --no-compile -e .
 else
   # torch first and pinned: an unpinned torch requested by a dependency would pull gigabytes of CUDA wheels.
   echo "== pip install torch==2.13.0 (CPU) and -e .[reference,bench,dev] into $VENV"
