@@ -224,7 +224,7 @@ def format_table(models: list[InstalledModel], root: Path) -> str:
 
 def resolve_model(cfg: AppConfig) -> ModelDir:
     """THE model of a command: ``model.dir`` (which --model overrides) > ``model.name`` > the store's default >
-    the embedded demo model."""
+    the embedded demo model, opened with its files checked against the manifest's sha256 (doctor relies on it)."""
     m = cfg.model
     root = models_dir()
     path: Path
@@ -245,7 +245,7 @@ def resolve_model(cfg: AppConfig) -> ModelDir:
                 "in config.yaml (or --model DIR) to a directory written by `qasr-live export`."
             )
         path = DEMO_MODEL
-    model = open_model_dir(path, m.encoder_precision, m.decoder_precision)
+    model = open_model_dir(path, m.encoder_precision, m.decoder_precision, verify=True)
     if model.is_demo:
         _LOGGER.warning(
             "using the embedded DEMO model: trained here on synthetic speech with a limited vocabulary. For real "

@@ -165,16 +165,14 @@ def check_onnxruntime(ctx: Context) -> list[Check]:
 
 
 def check_model(ctx: Context) -> list[Check]:
-    from qasr_live.engine.model_dir import open_model_dir
-
     out = Lines("Model")
     configured = ctx.cfg.model.dir
     fix = f"`{PULL_FIX}` for a fresh model, or re-export it with `qasr-live export SRC {configured or 'DIR'} --force`"
     started = time.perf_counter()
     try:
-        resolved, said = resolve_configured_model(ctx)
-        # verified here, whatever the resolver does: a truncated or corrupt file is this line's FAIL
-        model = open_model_dir(resolved.path, resolved.encoder_precision, resolved.decoder_precision, verify=True)
+        # the resolver opens the model as serve does, sha256 of every chosen file included: a truncated or
+        # corrupt file is this line's FAIL
+        model, said = resolve_configured_model(ctx)
     except ModelError as e:
         out.fail("model", str(e), fix, dir=configured)
         return out
