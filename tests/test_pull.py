@@ -458,6 +458,15 @@ def test_a_cut_download_fails_in_one_line_and_resumes(medium_hub, medium_checkpo
     assert store_entries(tmp_path) == ["default", NAME]
 
 
+def reap(proc: subprocess.Popen, hub: FakeHub | None = None) -> None:
+    """After a test's dealings with a running pull: let a held transfer go, and never leave the process behind."""
+    if hub is not None:
+        hub.release()
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
 def test_ctrl_c_during_the_download_fails_in_one_line_and_resumes(medium_hub, medium_checkpoint, tmp_path):
     env = make_env(tmp_path, medium_hub.endpoint)
     medium_hub.stall(after=CHUNK + 500_000, files="model.safetensors")
@@ -468,10 +477,7 @@ def test_ctrl_c_during_the_download_fails_in_one_line_and_resumes(medium_hub, me
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
-        medium_hub.release()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc, medium_hub)
     one_error(
         SimpleNamespace(returncode=proc.returncode, stderr=stderr),
         EXIT_INTERRUPTED,
@@ -509,10 +515,7 @@ def test_disk_full_during_the_download(hub, small_fs, tmp_path):
         hub.release()
         _, stderr = proc.communicate(timeout=120)
     finally:
-        hub.release()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc, hub)
     one_error(
         SimpleNamespace(returncode=proc.returncode, stderr=stderr),
         EXIT_DOWNLOAD,
@@ -542,9 +545,7 @@ def test_disk_full_during_the_conversion(pulled, small_fs, tmp_path):
         fill(data)  # the disk fills up while the exporter writes
         _, stderr = proc.communicate(timeout=300)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc)
     one_error(
         SimpleNamespace(returncode=proc.returncode, stderr=stderr),
         EXIT_USAGE,
