@@ -203,13 +203,15 @@ def test_replay_auth_and_origin(ptt_daemon, sentences) -> None:
     replayed = [e for e in late.events if e["seq"] >= start["seq"]]
     assert replayed[: len(missed)] == missed
 
-    with pytest.raises(InvalidStatus) as wrong, connect(
-        daemon.url, additional_headers={"Authorization": "Bearer not-the-token"}, open_timeout=5
+    with (
+        pytest.raises(InvalidStatus) as wrong,
+        connect(daemon.url, additional_headers={"Authorization": "Bearer not-the-token"}, open_timeout=5),
     ):
         pass
     assert wrong.value.response.status_code == 401
-    with pytest.raises(InvalidStatus) as foreign, connect(
-        daemon.url + f"?token={daemon.token()}", origin="https://evil.example", open_timeout=5
+    with (
+        pytest.raises(InvalidStatus) as foreign,
+        connect(daemon.url + f"?token={daemon.token()}", origin="https://evil.example", open_timeout=5),
     ):
         pass
     assert foreign.value.response.status_code == 403

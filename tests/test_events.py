@@ -192,8 +192,7 @@ def test_event_to_json_validates_what_it_sends():
 def test_committed_schema_file_equals_generated_schema():
     committed = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
     assert committed == json_schema(), (
-        "docs/events.schema.json is stale: regenerate it with "
-        "`python -m qasr_live.events > docs/events.schema.json`"
+        "docs/events.schema.json is stale: regenerate it with `python -m qasr_live.events > docs/events.schema.json`"
     )
 
 
