@@ -6,12 +6,23 @@ from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
+class Word:
+    """One aligned word (one character for CJK text); times are seconds from the start of the file."""
+
+    text: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
 class Segment:
-    """A stretch of audio decoded as one unit; times are seconds from the start of the file."""
+    """A stretch of audio decoded as one unit; times are seconds from the start of the file. ``words`` is empty
+    unless the text was aligned (a forced-aligner model)."""
 
     start: float
     end: float
     text: str
+    words: tuple[Word, ...] = ()
 
 
 @dataclass(slots=True)
