@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the commands import their modules lazily, to keep `qasr-liv
     from qasr_live.config import AppConfig
     from qasr_live.engine.model_dir import ModelDir
     from qasr_live.export.pull import PullResult
-    from qasr_live.offline.transcript import Transcript
+    from qasr_live.offline.transcript import Segment, Transcript
 
 _LOGGER = logging.getLogger("qasr_live")
 EXIT_CODES = """exit status:
@@ -56,7 +56,7 @@ def _config(args: argparse.Namespace) -> AppConfig:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from qasr_live.audio.files import load_audio
+    from qasr_live.audio.files import open_audio
     from qasr_live.engine.worker import EncoderWorker
     from qasr_live.model_store import resolve_model
     from qasr_live.offline.formats import FORMATS, write_outputs
@@ -66,18 +66,19 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise QasrError(f"--format: unknown format {', '.join(bad)}; choose from {', '.join(FORMATS)}.")
-    audios = [(path, load_audio(path)) for path in args.files]  # fail on a bad file before loading models
+    # every file checked (header, cut) before the model loads; the samples are read in blocks while decoding
+    audios = [(path, open_audio(path, start=args.start, duration=args.duration)) for path in args.files]
     cfg = _config(args)
     model = resolve_model(cfg)
     t0 = time.perf_counter()
-    e = cfg.engine
+    e, r = cfg.engine, cfg.recognition
     with EncoderWorker.for_offline(model.frontend, model.backend, e.encoder_threads, e.decoder_threads) as encoder:
         transcriber = Transcriber(model, cfg.engine, encoder)
         load_seconds = time.perf_counter() - t0
         try:
             for path, audio in audios:
-                result = transcriber.transcribe(audio, cfg.recognition.language, cfg.recognition.context)
-                print(result.text, flush=True)
+                run = transcriber.stream(audio.blocks(), r.language, r.context, itn=r.itn)
+                result = _print_segments(run, audio.seconds, progress=_show_progress(args, audio.seconds))
                 if formats != ["txt"] or args.out_dir:
                     for written in write_outputs(result, path, formats, args.out_dir):
                         print(f"wrote {written}", file=sys.stderr)
@@ -86,6 +87,53 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         finally:
             transcriber.close()
     return 0
+
+
+PROGRESS_SECONDS = 60.0  # files at least this long get a progress bar (on a terminal, or with --progress)
+
+
+def _show_progress(args: argparse.Namespace, seconds: float | None) -> bool:
+    if args.progress is not None:
+        return bool(args.progress)
+    return not args.quiet and sys.stderr.isatty() and (seconds is None or seconds >= PROGRESS_SECONDS)
+
+
+def _print_segments(run: Generator[Segment, None, Transcript], seconds: float | None, progress: bool) -> Transcript:
+    """Print each segment's text as soon as it is decoded: on a terminal as running text, into a pipe one line
+    per segment (a reader gets each line at once); the progress bar, if any, goes to stderr."""
+    live = sys.stdout.isatty()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(seconds, 1) if seconds else None, unit="s", file=sys.stderr, leave=False)
+        bar.set_description("transcribing")
+    printed = False
+    try:
+        while True:
+            try:
+                segment = next(run)
+            except StopIteration as done:
+                result: Transcript = done.value
+                break
+            if bar is not None:
+                bar.update(round(segment.end - bar.n, 1))
+            if segment.text:
+                if live:
+                    if bar is not None:
+                        bar.clear()
+                    print(("" if not printed else " ") + segment.text, end="", flush=True)
+                else:
+                    print(segment.text, flush=True)
+                printed = True
+    finally:
+        if bar is not None:
+            bar.close()
+    if live and printed:
+        print(flush=True)
+    elif not printed:
+        print(flush=True)  # an empty transcript is still one line, as before
+    return result
 
 
 def _print_stats(path: Path, result: Transcript, model: ModelDir, load_seconds: float) -> None:
@@ -273,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="decoder threads (overrides engine.decoder_threads)")
     t.add_argument("--format", default="txt", help="comma list of txt, srt, json (written next to each file)")
     t.add_argument("--out-dir", type=Path, help="write the outputs here instead of next to the audio")
+    t.add_argument("--start", type=float, default=0.0, metavar="SECONDS", help="transcribe from this time on")
+    t.add_argument("--duration", type=float, metavar="SECONDS", help="transcribe this much audio (default: all)")
+    t.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="progress bar on stderr (default: on a terminal, for files of a minute or more)",
+    )
     t.add_argument("-q", "--quiet", action="store_true", help="no stats table")
     t.set_defaults(func=cmd_transcribe)
 

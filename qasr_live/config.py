@@ -146,6 +146,12 @@ class EngineConfig:
     temperature: float = _opt(0.0, "sampling temperature; 0 = greedy", minimum=0)
     seed: int = _opt(0, "sampling seed (only used when temperature > 0)")
     repetition_guard: bool = _opt(True, "stop a segment that starts repeating itself")
+    fallback_retries: int = _opt(
+        4,
+        "re-decodes of a segment the repetition guard cut, each 0.3 hotter (seeded); the best is kept; 0 = off",
+        minimum=0,
+        maximum=10,
+    )
     kv_cache_type: str = _opt("f16", "decoder KV cache element type", choices=("f16", "f32", "q8_0"))
     flash_attention: bool = _opt(False, "llama.cpp flash attention (f16 on the CPU; on for q8_0 KV cache)")
     repack_weights: bool = _opt(
@@ -164,6 +170,7 @@ class RecognitionConfig:
         case_insensitive=True,
     )
     context: str = _opt("", "background text / hot words given to the model in the system prompt")
+    itn: bool = _opt(True, "Chinese text: numbers, dates, times, percentages and money as digits (一千 -> 1000)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

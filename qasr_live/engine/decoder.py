@@ -116,13 +116,8 @@ class Decoder:
             for i in range(n_batch):
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-        self._sampler = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
-        self.greedy = temperature <= 0
-        if temperature > 0:
-            llama.llama_sampler_chain_add(self._sampler, llama.llama_sampler_init_temp(temperature))
-            llama.llama_sampler_chain_add(self._sampler, llama.llama_sampler_init_dist(seed))
-        else:
-            llama.llama_sampler_chain_add(self._sampler, llama.llama_sampler_init_greedy())
+        self._sampler: Any = None
+        self.set_sampling(temperature, seed)
         self.n_past = 0
 
     def _check_open(self) -> None:
@@ -225,6 +220,20 @@ class Decoder:
         self._check_open()
         token = self._llama.llama_sampler_sample(self._sampler, self._ctx, index)
         return int(token)
+
+    def set_sampling(self, temperature: float, seed: int = 0) -> None:
+        """Greedy (temperature <= 0) or seeded sampling at `temperature` from now on: the temperature fallback
+        re-decodes a looping segment hotter, then comes back to the configured sampling."""
+        llama = self._llama
+        chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+        if temperature > 0:
+            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_temp(temperature))
+            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed))
+        else:
+            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
+        if self._sampler is not None:
+            llama.llama_sampler_free(self._sampler)
+        self._sampler, self.greedy = chain, temperature <= 0
 
     def only_sample(self, allowed: set[int]) -> None:
         """Benchmarks: sample only among `allowed` (every other token gets a -1e9 logit bias). The logits are

@@ -101,3 +101,36 @@ def generate(
     if stopped == "repetition":
         return Generation(_before_loop(tokens), "repetition", drafted)
     return Generation(tokens, stopped, drafted)
+
+
+# Temperature fallback (the seed's recipe): a segment the repetition guard cut is decoded again, each time 0.3
+# hotter, with a seed derived from the configured one so that a file gives the same text on every run.
+FALLBACK_STEP = 0.3
+
+
+def with_fallback(
+    decoder: Decoder,
+    attempt: Callable[[], Generation],
+    first: Generation,
+    retries: int,
+    temperature: float,
+    seed: int,
+) -> tuple[Generation, int]:
+    """`first` was cut by the repetition guard: run `attempt` (which re-feeds the prompt and generates) at
+    temperature + 0.3, + 0.6, ... up to `retries` times, until one ends without a loop. Returns the best
+    generation (the first that did not loop; if all did, the one that kept the most text) and the number of
+    re-decodes. The decoder's sampling is the configured one again afterwards."""
+    best, done = first, 0
+    try:
+        for i in range(1, retries + 1):
+            if best.stopped != "repetition":
+                break
+            decoder.set_sampling(temperature + FALLBACK_STEP * i, seed + i)
+            gen = attempt()
+            done += 1
+            if gen.stopped != "repetition" or len(gen.tokens) > len(best.tokens):
+                best = gen
+    finally:
+        if done:
+            decoder.set_sampling(temperature, seed)
+    return best, done

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,12 +24,13 @@ from qasr_live.audio.pcm import SAMPLE_RATE
 from qasr_live.config import EngineConfig
 from qasr_live.engine.encoder import Encoder
 from qasr_live.engine.features import log_mel
-from qasr_live.engine.generation import AnswerLength, generate
+from qasr_live.engine.generation import AnswerLength, Generation, generate, with_fallback
 from qasr_live.engine.kv_cache import PrefixCache
 from qasr_live.engine.loading import MIN_SECONDS, open_decoder, stop_ids
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.engine.prompt import ASR_TEXT, build_prompt, split_answer
 from qasr_live.errors import AudioError
+from qasr_live.itn import normalize
 from qasr_live.offline.transcript import Segment, Stats, Transcript
 
 _LOGGER = logging.getLogger(__name__)
@@ -136,23 +137,65 @@ class Transcriber:
         language: str | None = None,
         context: str = "",
         on_segment: Callable[[Segment], None] | None = None,
+        *,
+        itn: bool = False,
     ) -> Transcript:
+        """Transcribe samples held in memory (16 kHz mono float32); `on_segment` sees each segment as it is
+        decoded. `itn`: Chinese inverse text normalisation of the text (qasr_live.itn)."""
+        run = self.stream([check_audio(audio)], language, context, itn=itn)
+        while True:
+            try:
+                segment = next(run)
+            except StopIteration as done:
+                result: Transcript = done.value
+                return result
+            if on_segment is not None:
+                on_segment(segment)
+
+    def stream(
+        self,
+        blocks: Iterable[np.ndarray],
+        language: str | None = None,
+        context: str = "",
+        *,
+        itn: bool = False,
+    ) -> Generator[Segment, None, Transcript]:
+        """Transcribe audio arriving in blocks (16 kHz mono float32, e.g. `AudioFile.blocks()`), yielding each
+        segment as it is decoded; the generator returns the Transcript. Only a segment's audio and the next
+        block are held, never the whole file: cuts and pauses are found in the same places as on the whole."""
         t_start = time.perf_counter()
-        audio = check_audio(audio)
-        stats = Stats(audio_seconds=len(audio) / SAMPLE_RATE)
-        if len(audio) < MIN_SECONDS * SAMPLE_RATE:
-            audio = np.pad(audio, (0, int(MIN_SECONDS * SAMPLE_RATE) - len(audio)))
-        bounds = segment_bounds(len(audio), self.engine.segment_seconds, audio)
+        stats = Stats()
+        source = iter(blocks)
+        buffer = np.zeros(0, np.float32)  # audio from `offset` on
+        offset, eof = 0, False
+        seg = int(self.engine.segment_seconds * SAMPLE_RATE)
+        lookahead = int(PAUSE_SECONDS * SAMPLE_RATE) // 2 + 1  # is_pause looks this far past a cut
         memory = _Memory()
         detected: str | None = language
         segments: list[Segment] = []
         all_ids: list[int] = []
         committed: list[int] = []
-        for index, (a, b) in enumerate(bounds):
-            # a cut in a pause splits no word: commit everything, and decode the next segment on its own
-            closed = index == len(bounds) - 1 or is_pause(audio, b, a)
+        while True:
+            while not eof and len(buffer) <= seg + lookahead:
+                block = next(source, None)
+                if block is None:
+                    eof = True
+                    break
+                block = check_audio(block) if len(block) else block
+                buffer = np.concatenate((buffer, block.astype(np.float32, copy=False)))
+            if eof and offset == 0 and len(buffer) == 0:
+                check_audio(buffer)  # the empty-audio error
+            total = offset + len(buffer)
+            if eof and len(buffer) <= seg:
+                if offset == 0 and len(buffer) < MIN_SECONDS * SAMPLE_RATE:
+                    buffer = np.pad(buffer, (0, int(MIN_SECONDS * SAMPLE_RATE) - len(buffer)))
+                a, b, closed = 0, len(buffer), True
+            else:
+                a, b = segment_bounds(len(buffer), self.engine.segment_seconds, buffer)[0]
+                # a cut in a pause splits no word: commit everything, and decode the next segment on its own
+                closed = is_pause(buffer, b, a)
             t0 = time.perf_counter()
-            rows = self.encoder.encode(log_mel(audio[a:b]))
+            rows = self.encoder.encode(log_mel(buffer[a:b]))
             stats.encoder_seconds += time.perf_counter() - t0
             generated, text_ids, seg_language = self._decode_segment(
                 rows, (b - a) / SAMPLE_RATE, memory, context, language, detected, stats
@@ -160,19 +203,26 @@ class Transcriber:
             all_ids += generated
             if detected is None and seg_language:
                 detected = seg_language
-            keep = text_ids if closed else text_ids[: max(0, len(text_ids) - SEGMENT_ROLLBACK_TOKENS)]
+            last = eof and b == len(buffer)
+            keep = text_ids if closed or last else text_ids[: max(0, len(text_ids) - SEGMENT_ROLLBACK_TOKENS)]
             committed += keep
+            text = self.decoder.detokenize(keep).strip()
             segment = Segment(
-                a / SAMPLE_RATE,
-                min(b, stats.audio_seconds * SAMPLE_RATE) / SAMPLE_RATE,
-                self.decoder.detokenize(keep).strip(),
+                (offset + a) / SAMPLE_RATE,
+                min(offset + b, total) / SAMPLE_RATE,
+                normalize(text) if itn and detected == "Chinese" else text,
             )
             segments.append(segment)
-            if on_segment is not None:
-                on_segment(segment)
+            yield segment
             memory = _Memory() if closed or seg_language == "" else _Memory(rows, tuple(keep))
+            if last:
+                break
+            buffer, offset = buffer[b:], offset + b
+        stats.audio_seconds = total / SAMPLE_RATE
         stats.wall_seconds = time.perf_counter() - t_start
         text = self.decoder.detokenize(committed).strip()
+        if itn and detected == "Chinese":
+            text = normalize(text)
         return Transcript(text=text, language=detected or None, segments=segments, token_ids=all_ids, stats=stats)
 
     def _decode_segment(
@@ -206,6 +256,24 @@ class Transcriber:
             gen = generate(d, set(), length, repetition_guard=False, on_token=sampled.append)
         self._kv.extend(sampled[: d.n_past - prompt.n_positions])
         stats.generated_tokens += len(gen.tokens)
+        if gen.stopped == "repetition" and self.engine.fallback_retries:
+
+            def again() -> Generation:
+                self._kv.feed(prompt)  # back to the end of the prompt, with its logits
+                del sampled[:]
+                retry = generate(d, self.stop_ids, self.engine.max_new_tokens, True, on_token=sampled.append)
+                self._kv.extend(sampled[: d.n_past - prompt.n_positions])
+                stats.generated_tokens += len(retry.tokens)
+                return retry
+
+            e = self.engine
+            gen, tries = with_fallback(d, again, gen, e.fallback_retries, e.temperature, e.seed)
+            stats.fallbacks += tries
+            _LOGGER.info(
+                "segment looped: %d re-decode(s) at higher temperature, kept one that %s",
+                tries,
+                "looped too" if gen.stopped == "repetition" else f"ended by {gen.stopped}",
+            )
         stats.generate_seconds += time.perf_counter() - t0
         if length is None and gen.stopped != "eos":
             _LOGGER.warning("segment ended by %s after %d tokens", gen.stopped, len(gen.tokens))

@@ -36,6 +36,7 @@ class Stats:
     prefill_seconds: float = 0.0
     generated_tokens: int = 0
     generate_seconds: float = 0.0
+    fallbacks: int = 0  # re-decodes of looping segments at a higher temperature
 
     @property
     def rtf(self) -> float:
