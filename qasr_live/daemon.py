@@ -85,6 +85,7 @@ class Daemon:
             partial_interval_ms=cfg.streaming.partial_interval_ms,
             endpoint_speculation_ms=cfg.streaming.endpoint_speculation_ms,
             microphone=self._source.is_microphone,
+            itn=cfg.recognition.itn,
         )
         self._recognizer_thread = ThreadPoolExecutor(1, thread_name_prefix="qasr-recognizer")
         self._encoder: EncoderWorker | None = None

@@ -52,7 +52,9 @@ class Clock:
         return self.now
 
 
-def make(mode: RecordMode, *, microphone: bool = True, speculation_ms: int = 0, interval_ms: int = 200):
+def make(
+    mode: RecordMode, *, microphone: bool = True, speculation_ms: int = 0, interval_ms: int = 200, itn: bool = False
+):
     clock = Clock()
     ids = (f"u{i}" for i in itertools.count())
     ctl = DictationController(
@@ -61,6 +63,7 @@ def make(mode: RecordMode, *, microphone: bool = True, speculation_ms: int = 0, 
         partial_interval_ms=interval_ms,
         endpoint_speculation_ms=speculation_ms,
         microphone=microphone,
+        itn=itn,
         clock=clock,
         new_id=lambda: next(ids),
     )
@@ -348,3 +351,24 @@ def test_jobs_name_their_utterance(speech):
     finishes = of(jobs, Finish)
     assert [f.utterance_id for f in finishes] == [b.utterance_id for b in begins]
     assert ctl.utterance_id is None
+
+
+@pytest.mark.parametrize(("itn", "language", "typed"), [
+    (True, "Chinese", ["会议在2026年12月3日", "开始，占百分"]),
+    (True, "English", ["会议在二〇二六年十二月三日", "开始，占百分"]),
+    (False, "Chinese", ["会议在二〇二六年十二月三日", "开始，占百分"]),
+])  # fmt: skip
+def test_chinese_commits_are_normalised_before_journal_and_typing(speech, itn, language, typed):
+    """recognition.itn: a Chinese utterance's commits reach the journal/bus (Deliver) and the typist (Type)
+    with their numbers as digits; other languages, or itn off, pass as they are. Each commit on its own."""
+    ctl, _ = make(RecordMode.CONTINUOUS, itn=itn)
+    ctl.started()
+    (begin,) = of(feed(ctl, speech), Begin)
+    ctl.on_result(begin, None)
+    (job,) = of(ctl.tick_due(begin.utterance_id), TickJob)
+    first = Tick([Commit(0, "会议在二〇二六年十二月三日")], None, language, Stats())
+    out = ctl.on_result(job, first)
+    (finish,) = of(feed(ctl, silence(1.0)), Finish)
+    out += ctl.on_result(finish, Final([Commit(1, "开始，占百分")], "", False, language, Stats()))
+    assert [d.event.text for d in of(out, Deliver)] == typed
+    assert [t.text for t in of(out, Type)] == typed

@@ -69,6 +69,7 @@ from qasr_live.events import (
     UtteranceEndEvent,
     UtteranceStartEvent,
 )
+from qasr_live.itn import normalize
 from qasr_live.streaming.results import Commit, Final, Tick
 
 # ---------------------------------------------------------------------------------------------------- controller
@@ -109,12 +110,14 @@ class DictationController:
         partial_interval_ms: int,
         endpoint_speculation_ms: int,
         microphone: bool,
+        itn: bool = False,
         clock: Callable[[], float] = time.perf_counter,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
     ) -> None:
         self.mode = mode
         self.vad = vad
         self.microphone = microphone  # the source can be opened and closed (a file or stdin runs on its own)
+        self.itn = itn  # Chinese commits: numbers as digits (qasr_live.itn), before journal, bus and typing
         self._partial_interval_s = partial_interval_ms / 1000
         self._speculation_ms = endpoint_speculation_ms
         self._clock = clock
@@ -347,7 +350,7 @@ class DictationController:
     def _on_tick(self, utt: _Utterance, tick: Tick | None) -> None:
         utt.in_tick = False
         if tick is not None:
-            self._commits(utt, tick.commits)  # even when the utterance ended meanwhile
+            self._commits(utt, tick.commits, tick.language)  # even when the utterance ended meanwhile
         if utt.ended:
             self._set_state(DictationState.FINALIZING)
             return
@@ -374,7 +377,7 @@ class DictationController:
             if final is None:
                 reason = EndReason.ERROR
             else:
-                self._commits(utt, final.commits)
+                self._commits(utt, final.commits, final.language)
                 if final.no_speech:
                     reason = EndReason.NO_SPEECH
         if reason == EndReason.NO_SPEECH:
@@ -393,7 +396,9 @@ class DictationController:
 
     # ---------------------------------------------------------------------------------------------- commit fan-out
 
-    def _commits(self, utt: _Utterance, commits: Sequence[Commit]) -> None:
+    def _commits(self, utt: _Utterance, commits: Sequence[Commit], language: str | None) -> None:
+        # ITN per commit: a number cut by a commit boundary is normalised in two parts (commits never change)
+        normalize_text = self.itn and language == "Chinese"
         audio_end = utt.audio_start + utt.samples / SAMPLE_RATE
         for commit in commits:
             if commit.idx != utt.commits:  # append-only by construction; a gap would be a bug upstream
@@ -402,9 +407,9 @@ class DictationController:
             self.counts["commits"] += 1
             if not commit.text:
                 continue
-            event = CommitEvent(utterance_id=utt.id, idx=commit.idx, text=commit.text)
+            text = normalize(commit.text) if normalize_text else commit.text
+            event = CommitEvent(utterance_id=utt.id, idx=commit.idx, text=text)
             self._out.append(Deliver(event, utt.audio_start, audio_end))
-            text = commit.text
             if self.mode != RecordMode.PTT:
                 self._out.append(Type(utt.id, text))
             elif not utt.ended:

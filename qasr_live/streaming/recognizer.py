@@ -29,8 +29,10 @@ stripped, the last one its trailing whitespace).
 every decode until something is committed, then the stated language is written as the header (fixed for the
 utterance). With decoder memory the memory's language is the header, as for the offline pipeline's segments.
 
-**No speech.** `language None`, an empty answer, or a repetition-guard cut with nothing committed end the
-utterance with Final(no_speech=True, text=""); a tick that says `language None` or loops publishes nothing.
+**No speech.** `language None` or an empty answer with nothing committed end the utterance with
+Final(no_speech=True, text=""); a tick that says `language None` or loops publishes nothing. A final decode the
+repetition guard cut is decoded again at higher temperatures (`engine.fallback_retries`, seeded) and the best
+kept: a looping utterance is re-decoded, never dropped (with the fallback off, a loop is no speech).
 
 **Long utterances.** The prompt must fit `engine.n_ctx` with room for generation. When the current part of an
 utterance exceeds `engine.segment_seconds`, or the prompt would not fit (memory entries are dropped from the
@@ -58,7 +60,7 @@ from qasr_live.audio.pcm import SAMPLE_RATE
 from qasr_live.config import EngineConfig, StreamingConfig
 from qasr_live.engine.encoder import ROWS_PER_CHUNK, Encoder
 from qasr_live.engine.features import HOP, feature_output_length
-from qasr_live.engine.generation import AnswerLength, Generation, generate
+from qasr_live.engine.generation import AnswerLength, Generation, generate, with_fallback
 from qasr_live.engine.incremental import CHUNK_SAMPLES, CHUNKS_PER_WINDOW, ClipEncoder
 from qasr_live.engine.kv_cache import PrefixCache
 from qasr_live.engine.loading import MIN_SECONDS, open_decoder, stop_ids
@@ -228,7 +230,7 @@ class StreamingRecognizer:
         self._interrupt.clear()
         stats = StatsSum()
         commits: list[Commit] = []
-        if use_speculation and utt.speculation is not None:
+        if use_speculation and utt.speculation is not None and utt.speculation.stopped != "repetition":
             dec = utt.speculation
             stats.set(audio_s=len(utt.audio) / SAMPLE_RATE, stopped=dec.stopped)
         else:
@@ -237,10 +239,13 @@ class StreamingRecognizer:
             audio = utt.audio.view()
             commits = self._fit_context(len(audio), stats)
             blocks = self._encode(utt.clip, audio[utt.clip.start :], stats)
-            dec = self._decode(blocks, self.engine.max_new_tokens, stats)
+            dec = self._decode(blocks, self.engine.max_new_tokens, stats, fallback=True)
         if dec.stopped == "repetition":
             _LOGGER.warning("final decode ended by the repetition guard (%d tokens kept)", len(dec.text_ids))
-        if not (dec.silent and not utt.committed):  # a loop or `language None` with nothing committed: no speech
+        # `language None` with nothing committed is no speech; so is a loop when there is no temperature fallback.
+        # With it, the loop was decoded again hotter: what the best decode kept is speech, never dropped.
+        silent = dec.language == "" or (dec.stopped == "repetition" and not self.engine.fallback_retries)
+        if not (silent and not utt.committed):
             commits += self._commit(dec.text_ids, dec.language, final=True)
         if not utt.text and utt.memory and not utt.carry:
             commits += self._without_memory(stats)
@@ -337,8 +342,15 @@ class StreamingRecognizer:
         return build_prompt(self._tokenize, utt.context, utt.header if utt.header_fixed else None, rows, text)
 
     def _decode(
-        self, blocks: Sequence[np.ndarray], budget: int, stats: StatsSum, interrupt: threading.Event | None = None
+        self,
+        blocks: Sequence[np.ndarray],
+        budget: int,
+        stats: StatsSum,
+        interrupt: threading.Event | None = None,
+        fallback: bool = False,
     ) -> Decoded:
+        """Prefill what changed and generate. `fallback`: a generation the repetition guard cut is done again at
+        higher temperatures (engine.fallback_retries) and the best kept (final decodes; ticks stay cheap)."""
         utt, d = self._require(), self.decoder
         prompt = self._prompt(blocks)
         t0 = time.perf_counter()
@@ -357,6 +369,22 @@ class StreamingRecognizer:
             _LOGGER.warning("the prompt fills the decoder context (%d positions): nothing generated", d.n_past)
             gen = Generation([], "max_tokens")
         self._kv.extend(sampled[: d.n_past - prompt.n_positions])
+        generated = len(sampled)
+        if fallback and gen.stopped == "repetition" and forced is None and self.engine.fallback_retries:
+
+            def again() -> Generation:
+                nonlocal generated
+                self._kv.feed(prompt)  # back to the end of the prompt, with its logits
+                sampled.clear()
+                retry = generate(d, stops, budget, guard, on_token=sampled.append)
+                self._kv.extend(sampled[: d.n_past - prompt.n_positions])
+                generated += len(sampled)
+                return retry
+
+            e = self.engine
+            gen, tries = with_fallback(d, again, gen, e.fallback_retries, e.temperature, e.seed)
+            stats.add(fallbacks=tries)
+            _LOGGER.info("the utterance looped: %d re-decode(s) at higher temperature (%s)", tries, gen.stopped)
         t2 = time.perf_counter()
         stats.add(
             rows=prompt.n_rows,
@@ -364,7 +392,7 @@ class StreamingRecognizer:
             reused_tokens=keep,
             prefill_tokens=prompt.n_positions - keep,
             prefill_ms=(t1 - t0) * 1000,
-            generated_tokens=len(sampled),
+            generated_tokens=generated,
             drafted_tokens=gen.drafted,
             generate_ms=(t2 - t1) * 1000,
         )

@@ -44,6 +44,7 @@ class Stats:
     generate_ms: float = 0.0
     stopped: str = ""  # how the (last) generation ended: eos, max_tokens, repetition; "" = no decode
     rollovers: int = 0
+    fallbacks: int = 0  # re-decodes of a looping final decode at a higher temperature
     total_ms: float = 0.0
 
 
