@@ -77,7 +77,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         load_seconds = time.perf_counter() - t0
         try:
             for path, audio in audios:
-                run = transcriber.stream(audio.blocks(), r.language, r.context, itn=r.itn)
+                run = transcriber.stream(audio.blocks(), r.language, r.context, itn=r.itn, offset=audio.start)
                 result = _print_segments(run, audio.seconds, progress=_show_progress(args, audio.seconds))
                 if formats != ["txt"] or args.out_dir:
                     for written in write_outputs(result, path, formats, args.out_dir):

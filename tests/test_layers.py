@@ -18,7 +18,7 @@ FLOORS: list[set[str]] = [
     {"audio"},
     {"engine"},
     {"streaming", "offline", "export", "model_store"},
-    {"dictation", "bus"},
+    {"dictation", "bus", "api"},
     {"outputs", "control"},
     {"daemon", "doctor"},
     {"cli"},

@@ -159,15 +159,17 @@ class Transcriber:
         context: str = "",
         *,
         itn: bool = False,
+        offset: float = 0.0,
     ) -> Generator[Segment, None, Transcript]:
         """Transcribe audio arriving in blocks (16 kHz mono float32, e.g. `AudioFile.blocks()`), yielding each
         segment as it is decoded; the generator returns the Transcript. Only a segment's audio and the next
-        block are held, never the whole file: cuts and pauses are found in the same places as on the whole."""
+        block are held, never the whole file: cuts and pauses are found in the same places as on the whole.
+        `offset`: the time of the first sample in the input (a cut file): segment times count from there."""
         t_start = time.perf_counter()
         stats = Stats()
         source = iter(blocks)
-        buffer = np.zeros(0, np.float32)  # audio from `offset` on
-        offset, eof = 0, False
+        buffer = np.zeros(0, np.float32)  # audio from sample `done` on
+        done, eof, seconds = 0, False, offset
         seg = int(self.engine.segment_seconds * SAMPLE_RATE)
         lookahead = int(PAUSE_SECONDS * SAMPLE_RATE) // 2 + 1  # is_pause looks this far past a cut
         memory = _Memory()
@@ -183,11 +185,11 @@ class Transcriber:
                     break
                 block = check_audio(block) if len(block) else block
                 buffer = np.concatenate((buffer, block.astype(np.float32, copy=False)))
-            if eof and offset == 0 and len(buffer) == 0:
+            if eof and done == 0 and len(buffer) == 0:
                 check_audio(buffer)  # the empty-audio error
-            total = offset + len(buffer)
+            total = done + len(buffer)
             if eof and len(buffer) <= seg:
-                if offset == 0 and len(buffer) < MIN_SECONDS * SAMPLE_RATE:
+                if done == 0 and len(buffer) < MIN_SECONDS * SAMPLE_RATE:
                     buffer = np.pad(buffer, (0, int(MIN_SECONDS * SAMPLE_RATE) - len(buffer)))
                 a, b, closed = 0, len(buffer), True
             else:
@@ -208,8 +210,8 @@ class Transcriber:
             committed += keep
             text = self.decoder.detokenize(keep).strip()
             segment = Segment(
-                (offset + a) / SAMPLE_RATE,
-                min(offset + b, total) / SAMPLE_RATE,
+                seconds + (done + a) / SAMPLE_RATE,
+                seconds + min(done + b, total) / SAMPLE_RATE,
                 normalize(text) if itn and detected == "Chinese" else text,
             )
             segments.append(segment)
@@ -217,7 +219,7 @@ class Transcriber:
             memory = _Memory() if closed or seg_language == "" else _Memory(rows, tuple(keep))
             if last:
                 break
-            buffer, offset = buffer[b:], offset + b
+            buffer, done = buffer[b:], done + b
         stats.audio_seconds = total / SAMPLE_RATE
         stats.wall_seconds = time.perf_counter() - t_start
         text = self.decoder.detokenize(committed).strip()
