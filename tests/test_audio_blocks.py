@@ -4,6 +4,7 @@ with a hypothesis fuzz target over WAV headers: every input gives samples or one
 
 from __future__ import annotations
 
+import os
 import struct
 import tracemalloc
 from pathlib import Path
@@ -133,7 +134,11 @@ def test_data_size_past_the_end_reads_what_is_there(tmp_path: Path) -> None:
     assert len(out) == 1600 and np.all(out == 0.5)
 
 
-_FUZZ_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# A bounded budget in the normal suite; QASR_FUZZ_EXAMPLES=5000 for a longer run.
+FUZZ_EXAMPLES = int(os.environ.get("QASR_FUZZ_EXAMPLES", "150"))
+_FUZZ_SETTINGS = settings(
+    max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @_FUZZ_SETTINGS

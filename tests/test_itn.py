@@ -3,6 +3,7 @@ names that must stay as they are, and the parser on every number it can write.""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from qasr_live.itn import normalize, parse_number
@@ -158,3 +159,29 @@ def test_parse_number_every_value_below_twenty_thousand() -> None:
 def test_parse_number_rejects_what_is_not_a_number() -> None:
     for text in ("一五", "百", "万一", "十百", "一千千", "五十十", "零五零", "abc", ""):
         assert parse_number(text) is None, text
+
+
+@pytest.mark.parametrize(("language", "itn", "expected"), [
+    ("Chinese", True, "共1234元，占5%"),
+    ("Chinese", False, "共一千二百三十四元，占百分之五"),
+    ("English", True, "共一千二百三十四元，占百分之五"),
+])  # fmt: skip
+def test_files_are_normalised_when_chinese(tiny_models, monkeypatch, language, itn, expected):
+    """The offline pipeline applies ITN to each segment and the whole text of a Chinese transcript only (the
+    tiny random model's text stands in for a Chinese answer: its detokenizer is scripted)."""
+    from qasr_live.config import EngineConfig
+    from qasr_live.engine.encoder import AudioEncoder
+    from qasr_live.engine.model_dir import open_model_dir
+    from qasr_live.offline.pipeline import Transcriber
+
+    model = open_model_dir(tiny_models["tied"], "fp32", "f32")
+    t = Transcriber(
+        model, EngineConfig(max_new_tokens=4, kv_cache_type="f32"), AudioEncoder(model.frontend, model.backend)
+    )
+    try:
+        monkeypatch.setattr(t.decoder, "detokenize", lambda ids: "共一千二百三十四元，占百分之五")
+        audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+        result = t.transcribe(audio, language=language, itn=itn)
+    finally:
+        t.close()
+    assert result.text == expected and [s.text for s in result.segments] == [expected]
