@@ -78,7 +78,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         try:
             for path, audio in audios:
                 run = transcriber.stream(audio.blocks(), r.language, r.context, itn=r.itn, offset=audio.start)
-                result = _print_segments(run, audio.seconds, progress=_show_progress(args, audio.seconds))
+                progress = _show_progress(args, audio.seconds)
+                result = _print_segments(run, audio.seconds, progress=progress, start=audio.start)
                 if formats != ["txt"] or args.out_dir:
                     for written in write_outputs(result, path, formats, args.out_dir):
                         print(f"wrote {written}", file=sys.stderr)
@@ -98,7 +99,9 @@ def _show_progress(args: argparse.Namespace, seconds: float | None) -> bool:
     return not args.quiet and sys.stderr.isatty() and (seconds is None or seconds >= PROGRESS_SECONDS)
 
 
-def _print_segments(run: Generator[Segment, None, Transcript], seconds: float | None, progress: bool) -> Transcript:
+def _print_segments(
+    run: Generator[Segment, None, Transcript], seconds: float | None, progress: bool, start: float = 0.0
+) -> Transcript:
     """Print each segment's text as soon as it is decoded: on a terminal as running text, into a pipe one line
     per segment (a reader gets each line at once); the progress bar, if any, goes to stderr."""
     live = sys.stdout.isatty()
@@ -106,8 +109,8 @@ def _print_segments(run: Generator[Segment, None, Transcript], seconds: float | 
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=round(seconds, 1) if seconds else None, unit="s", file=sys.stderr, leave=False)
-        bar.set_description("transcribing")
+        total = round(seconds, 1) if seconds else None
+        bar = tqdm(total=total, desc="transcribing", unit="s", file=sys.stderr, leave=False)
     printed = False
     try:
         while True:
@@ -117,7 +120,7 @@ def _print_segments(run: Generator[Segment, None, Transcript], seconds: float | 
                 result: Transcript = done.value
                 break
             if bar is not None:
-                bar.update(round(segment.end - bar.n, 1))
+                bar.update(round(segment.end - start - bar.n, 1))  # segment times count from the file's start
             if segment.text:
                 if live:
                     if bar is not None:
