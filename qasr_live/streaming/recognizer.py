@@ -501,9 +501,10 @@ class StreamingRecognizer:
         cut_chunks = (cut_chunks // CHUNKS_PER_WINDOW) * CHUNKS_PER_WINDOW or cut_chunks
         cut = clip.start + cut_chunks * CHUNK_SAMPLES
         blocks = self._encode(clip, utt.audio.view()[clip.start : cut], stats)
-        dec = self._decode(blocks, self.engine.max_new_tokens, stats)
+        dec = self._decode(blocks, self.engine.max_new_tokens, stats, fallback=True)
         commits: list[Commit] = []
-        if not dec.silent:
+        looped = dec.stopped == "repetition" and not self.engine.fallback_retries  # else re-decoded: keep the best
+        if dec.language != "" and not looped:
             tail = dec.text_ids
             k = utt.policy.rollover(tail)
             commits = self._commit(tail[:k], dec.language, final=False)
