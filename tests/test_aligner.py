@@ -14,10 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io.wavfile
 
 from devkit.random_aligner import TINY_ALIGNER_SPECS, build_random_aligner
 from qasr_live.engine.align_text import display_words, fix_timestamps, split_words
@@ -319,3 +321,56 @@ def test_wrong_kinds_of_model_are_one_line_each(aligner_models, tiny_models, spe
     assert asr_as_aligner.returncode == 3 and "not a Qwen3-ForcedAligner" in asr_as_aligner.stderr
     for proc in (swapped, asr_as_aligner):
         assert proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+# --- live captions -----------------------------------------------------------------------------------------
+
+
+def test_daemon_publishes_word_times_after_each_utterance(aligner_models, tmp_path):
+    """Continuous mode over a recording with recognition.timestamps: every utterance with text gets one
+    utterance_words event after its utterance_end, its words those of its commits, its times on the session
+    clock inside the utterance's audio; utterance_end carries the language."""
+    from devkit.daemon_checks import commits_by_utterance
+    from devkit.daemon_harness import RunningDaemon, write_config
+    from qasr_live.audio.files import load_audio
+
+    speech = load_audio(DEMO_MODEL / "sample.wav")
+    pcm = (np.concatenate([np.zeros(8000), speech, np.zeros(24000), speech, np.zeros(16000)]) * 32767).astype(np.int16)
+    wav = tmp_path / "replay.wav"
+    scipy.io.wavfile.write(wav, 16000, pcm)
+    config = write_config(
+        tmp_path / "config.yaml",
+        DEMO_MODEL,
+        tmp_path,
+        model={"aligner": str(aligner_models["aligner_mha"])},
+        recognition={"timestamps": True},
+        audio={"source": str(wav)},
+        trigger={"mode": "continuous"},
+        typing={"enabled": False},
+        hotkeys={"enabled": False},
+    )
+    daemon = RunningDaemon(config, tmp_path)
+    client = daemon.subscribe(since_seq=0)
+    try:
+        assert daemon.proc.wait(120) == 0, daemon.log()
+        time.sleep(0.3)
+    finally:
+        client.close()
+        daemon.stop()
+    events = client.events
+    commits = commits_by_utterance(events)
+    assert len(commits) >= 2, [e["type"] for e in events]  # VAD cuts at the pauses between sentences
+    starts = {e["utterance_id"]: e["audio_start"] for e in events if e["type"] == "utterance_start"}
+    ends = {e["utterance_id"]: (i, e) for i, e in enumerate(events) if e["type"] == "utterance_end"}
+    words = [(i, e) for i, e in enumerate(events) if e["type"] == "utterance_words"]
+    assert sorted(e["utterance_id"] for _, e in words) == sorted(commits)
+    for i, e in words:
+        end_index, end = ends[e["utterance_id"]]
+        assert i > end_index  # after the utterance ended: the aligner never holds up its commits
+        assert end["language"] == e["language"]
+        assert e["words"] == display_words(commits[e["utterance_id"]].strip())
+        lo = starts[e["utterance_id"]]
+        hi = lo + end["latency"]["audio_ms"] / 1000
+        assert all(lo <= a <= b <= hi + 1e-3 for a, b in zip(e["start"], e["end"], strict=True)), (lo, hi, e)
+        assert e["start"] == sorted(e["start"]) and e["align_ms"] > 0
+    assert "Traceback" not in daemon.log()
