@@ -193,9 +193,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
     default = model_store.get_default(root)
     make_default: bool | None = args.default
     if model_store.is_aligner(result.path):  # it times words, it cannot be the model that transcribes
-        if make_default:
-            raise QasrError(f"--default: {name} is a Qwen3-ForcedAligner; name it in model.aligner instead.")
         _print_pulled(name, result, False)
+        if make_default:
+            print(f"  --default ignored: {name} cannot be the model that transcribes", file=sys.stderr)
         print(f"  {name} is a Qwen3-ForcedAligner: set model.aligner: {name} in config.yaml, or pass --aligner {name}")
         return 0
     if make_default is None and default != name:
