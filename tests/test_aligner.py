@@ -374,3 +374,33 @@ def test_daemon_publishes_word_times_after_each_utterance(aligner_models, tmp_pa
         assert all(lo <= a <= b <= hi + 1e-3 for a, b in zip(e["start"], e["end"], strict=True)), (lo, hi, e)
         assert e["start"] == sorted(e["start"]) and e["align_ms"] > 0
     assert "Traceback" not in daemon.log()
+
+
+def test_example_subscriber_prints_word_times(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "subscriber", Path(__file__).parents[1] / "examples" / "subscriber.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    captions = module.Captions(sys.stdout)
+    for event in [
+        {"type": "utterance_start", "utterance_id": "u", "audio_start": 12.0},
+        {"type": "commit", "utterance_id": "u", "idx": 0, "text": "你好，世界"},
+        {"type": "utterance_end", "utterance_id": "u", "reason": "silence", "latency": {}, "language": "Chinese"},
+        {
+            "type": "utterance_words",
+            "utterance_id": "u",
+            "language": "Chinese",
+            "words": ["你", "好，", "世", "界"],
+            "start": [12.0, 12.24, 12.8, 13.04],
+            "end": [12.24, 12.56, 13.04, 13.2],
+            "align_ms": 12.5,
+        },
+    ]:
+        captions.handle(event)
+    out = capsys.readouterr()
+    assert "你好，世界" in out.out
+    assert "(Chinese) [12.00-12.24] 你 [12.24-12.56] 好， [12.80-13.04] 世 [13.04-13.20] 界" in out.err

@@ -240,6 +240,9 @@ class Decoder:
                 "align shorter stretches of audio."
             )
         flagged = set(wanted)
+        # Embeddings mode outputs every row of a batch (llama.cpp overrides the flags), which costs the output
+        # head's product on each: a feed that wants no states (the audio rows) runs with it off.
+        self._llama.llama_set_embeddings(self._ctx, bool(flagged))
         out = np.zeros((len(wanted), self.n_embd), dtype=np.float32)
         where = {index: k for k, index in enumerate(wanted)}
         batch = self._token_batch if tokens is not None else self._embd_batch
@@ -253,8 +256,7 @@ class Decoder:
                 ctypes.memmove(batch.embd, rows[start : start + m].ctypes.data, m * self.n_embd * 4)
             for i in range(m):
                 batch.pos[i] = self.n_past + i
-                # llama.cpp's embeddings mode outputs every row anyway (it overrides the flags, with a warning)
-                batch.logits[i] = 1
+                batch.logits[i] = 1 if flagged else 0  # with states wanted, every row (else llama.cpp warns)
             batch.n_tokens = m
             rc = self._llama.llama_decode(self._ctx, batch)
             if rc != 0:
