@@ -9,7 +9,9 @@ Needs only Python 3.11+ and the `websockets` package (no qasr-live import), so i
 
 On a terminal the current utterance is one line: committed text, then the unstable tail (dimmed), redrawn on
 every partial; when the utterance ends the line is kept and a new one starts. When stdout is not a terminal
-(a pipe, a file) only committed text is written, as it arrives, one line per utterance.
+(a pipe, a file) only committed text is written, as it arrives, one line per utterance. When the daemon times
+words (recognition.timestamps with an aligner), each utterance's words follow it on a line of their own, on
+stderr: ``[12.34-12.58] Hello, [12.58-12.90] world!``; the language detected is shown with them.
 
 It connects with the read-only token, so it can watch but not control. When the connection drops (daemon
 restart, suspend) it reconnects with ``?since_seq=LAST&session=ID`` and the daemon replays what was missed, so no
@@ -71,6 +73,11 @@ class Captions:
                 self.out.write("\n")
             self.out.flush()
             self.committed, self.rev = "", -1
+            return
+        elif kind == "utterance_words":  # after utterance_end: the words of an utterance already shown
+            spans = zip(event["words"], event["start"], event["end"], strict=True)
+            times = " ".join(f"[{a:.2f}-{b:.2f}] {w}" for w, a, b in spans)
+            print(f"  ({event['language'] or '?'}) {times}", file=sys.stderr, flush=True)
             return
         elif kind == "error":
             print(f"[{event['code']}] {event['message']}", file=sys.stderr)

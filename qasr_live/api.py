@@ -21,11 +21,13 @@ from qasr_live.audio.files import open_audio
 from qasr_live.audio.pcm import SAMPLE_RATE
 from qasr_live.config import AppConfig
 from qasr_live.config_file import load_config, with_overrides
+from qasr_live.engine.aligner import Aligner
 from qasr_live.engine.encoder import AudioEncoder
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.errors import ConfigError, QasrError
-from qasr_live.model_store import resolve_model
+from qasr_live.model_store import resolve_aligner, resolve_model
 from qasr_live.offline.pipeline import Transcriber
+from qasr_live.offline.timestamps import align_transcript
 from qasr_live.offline.transcript import Segment, Transcript
 
 __all__ = ["DEVICES", "Engine"]
@@ -42,8 +44,8 @@ class Engine:
     ``language``: force the spoken language (e.g. "English", "Chinese"); None detects it. ``context``: hot words
     and background text. ``device``: "cpu" or "gpu". ``config``: a config.yaml path or an ``AppConfig`` for the
     ``engine`` and ``recognition`` keys (threads, segment length, ``recognition.itn``, ...); None reads the
-    user's config.yaml if there is one. ``aligner``: a forced-aligner model directory, needed for
-    ``timestamps=True``.
+    user's config.yaml if there is one. ``aligner``: a forced-aligner model (directory or installed name;
+    default: config.yaml's ``model.aligner``), needed for ``timestamps=True``; it is loaded on first use.
     """
 
     def __init__(
@@ -72,12 +74,15 @@ class Engine:
             overrides["recognition.language"] = language
         if context is not None:
             overrides["recognition.context"] = context
+        if aligner is not None:
+            overrides["model.aligner"] = str(aligner)
         if device == "gpu":
             overrides["engine.n_gpu_layers"] = -1
         sources = {key: f"Engine({key.split('.')[-1]}=...)" for key in overrides}
         self.config: AppConfig = with_overrides(cfg, overrides, sources=sources) if overrides else cfg
         self.model: ModelDir = resolve_model(self.config)
-        self.aligner = Path(aligner) if aligner is not None else None
+        self.aligner: ModelDir | None = resolve_aligner(self.config)
+        self._aligner: Aligner | None = None  # loaded on the first timestamps=True
         e = self.config.engine
         self._lock = threading.Lock()  # one transcription at a time: the decoder has one sequence
         self._encoder = AudioEncoder(self.model.frontend, self.model.backend, max(e.encoder_threads, e.decoder_threads))
@@ -119,8 +124,10 @@ class Engine:
     ) -> Iterator[Segment]:
         """Like ``transcribe``, but yields each ``Segment`` as soon as it is decoded (a long file's first
         segment comes after one segment's work, not the file's). Files are read in blocks: memory does not grow
-        with their length."""
-        yield from self._run(audio, language, context, start, duration, timestamps, sample_rate)
+        with their length. With ``timestamps=True`` each segment is aligned alone, before it is yielded
+        (``transcribe`` aligns neighbouring segments together, as ``qasr-live transcribe`` does)."""
+        run = self._run(audio, language, context, start, duration, False, sample_rate, per_segment=timestamps)
+        yield from run
 
     def _run(
         self,
@@ -131,12 +138,10 @@ class Engine:
         duration: float | None,
         timestamps: bool,
         sample_rate: int,
+        per_segment: bool = False,
     ) -> Generator[Segment, None, Transcript]:
-        if timestamps and self.aligner is None:
-            raise ConfigError(
-                "timestamps=True needs a forced-aligner model: pass Engine(aligner=DIR) with a directory "
-                "exported from Qwen3-ForcedAligner-0.6B (`qasr-live export`)"
-            )
+        if timestamps or per_segment:
+            self._require_aligner()
         r = self.config.recognition
         if language is not None or context is not None:
             overrides = {"recognition.language": language} if language is not None else {}
@@ -144,11 +149,24 @@ class Engine:
                 overrides["recognition.context"] = context
             r = with_overrides(self.config, overrides, sources={k: k.split(".")[-1] for k in overrides}).recognition
         blocks, offset = self._blocks(audio, start, duration, sample_rate)
+        kept: list[np.ndarray] = []  # the samples, kept only when the aligner needs them again
+        if timestamps or per_segment:
+            blocks = _keeping(blocks, kept)
         with self._lock:
             transcriber = self._require()
-            result = yield from transcriber.stream(blocks, r.language, r.context, itn=r.itn, offset=offset)
+            run = transcriber.stream(blocks, r.language, r.context, itn=r.itn, offset=offset)
+            while True:
+                try:
+                    segment = next(run)
+                except StopIteration as done:
+                    result: Transcript = done.value
+                    break
+                if per_segment:
+                    one = Transcript(segment.text, r.language, [segment])
+                    segment = self._align(one, kept, offset, r.language).segments[0]
+                yield segment
         if timestamps:
-            result = self._align(result)
+            result = self._align(result, kept, offset, r.language)
         return result
 
     def _blocks(
@@ -180,13 +198,20 @@ class Engine:
             samples = resample_poly(samples.astype(np.float64), SAMPLE_RATE // g, sample_rate // g)
         return iter([samples.astype(np.float32)]), first / sample_rate
 
-    def _align(self, transcript: Transcript) -> Transcript:
-        """Word times for every segment (``Segment.words``) from the forced aligner. The aligner runtime is
-        wired here: it fills each segment's ``words`` (``offline.transcript.Word``) and returns the transcript."""
-        raise ConfigError(
-            f"the forced aligner ({self.aligner}) is not supported by this build yet; transcribe without "
-            "timestamps=True"
-        )
+    def _require_aligner(self) -> Aligner:
+        if self.aligner is None:
+            raise ConfigError(
+                "timestamps=True needs a forced-aligner model: install it with `qasr-live pull "
+                "Qwen/Qwen3-ForcedAligner-0.6B` and pass Engine(aligner=NAME_OR_DIR) (or set model.aligner)"
+            )
+        if self._aligner is None:
+            self._aligner = Aligner(self.aligner, threads=self.config.engine.decoder_threads, setting="aligner")
+        return self._aligner
+
+    def _align(self, transcript: Transcript, kept: list[np.ndarray], offset: float, language: str | None) -> Transcript:
+        """``transcript`` with ``Segment.words`` filled by the forced aligner, from the samples kept."""
+        samples = np.concatenate(kept) if kept else np.zeros(0, np.float32)
+        return align_transcript(self._require_aligner(), samples, transcript, language, audio_start=offset)
 
     # --- lifetime ---------------------------------------------------------------------------------------------
     def _require(self) -> Transcriber:
@@ -200,6 +225,9 @@ class Engine:
             if self._transcriber is not None:
                 self._transcriber.close()
                 self._transcriber = None
+            if self._aligner is not None:
+                self._aligner.close()
+                self._aligner = None
 
     def __enter__(self) -> Engine:
         return self
@@ -212,3 +240,10 @@ class Engine:
     def __repr__(self) -> str:
         state = "closed" if self._transcriber is None else "open"
         return f"Engine(model={str(self.model.path)!r}, language={self.config.recognition.language!r}, {state})"
+
+
+def _keeping(blocks: Iterator[np.ndarray], kept: list[np.ndarray]) -> Iterator[np.ndarray]:
+    """``blocks``, each also appended to ``kept`` (the aligner reads the samples again after decoding)."""
+    for block in blocks:
+        kept.append(block)
+        yield block

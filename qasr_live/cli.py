@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -41,6 +42,8 @@ def _config(args: argparse.Namespace) -> AppConfig:
     sources: dict[str, str] = {}
     for option, key in (
         ("model", "model.dir"),
+        ("aligner", "model.aligner"),
+        ("timestamps", "recognition.timestamps"),
         ("language", "recognition.language"),
         ("context", "recognition.context"),
         ("threads", "engine.decoder_threads"),
@@ -56,37 +59,64 @@ def _config(args: argparse.Namespace) -> AppConfig:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from qasr_live.audio.files import open_audio
+    from qasr_live.audio.files import load_audio, open_audio
     from qasr_live.engine.worker import EncoderWorker
     from qasr_live.model_store import resolve_model
-    from qasr_live.offline.formats import FORMATS, write_outputs
+    from qasr_live.offline.formats import FORMATS, CueLimits, write_outputs
     from qasr_live.offline.pipeline import Transcriber
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise QasrError(f"--format: unknown format {', '.join(bad)}; choose from {', '.join(FORMATS)}.")
+    limits = CueLimits(args.max_cue_seconds, args.line_chars, args.cue_lines)
+    for option, value, low in (("--max-cue-seconds", limits.max_seconds, 0.5), ("--line-chars", limits.line_chars, 8)):
+        if value < low:
+            raise QasrError(f"{option} {value}: too small; give at least {low}.")
+    if limits.lines < 1:
+        raise QasrError(f"--cue-lines {limits.lines}: give at least 1.")
     # every file checked (header, cut) before the model loads; the samples are read in blocks while decoding
     audios = [(path, open_audio(path, start=args.start, duration=args.duration)) for path in args.files]
     cfg = _config(args)
+    aligner_model = _timestamps_aligner(cfg, formats)
     model = resolve_model(cfg)
     t0 = time.perf_counter()
     e, r = cfg.engine, cfg.recognition
-    with EncoderWorker.for_offline(model.frontend, model.backend, e.encoder_threads, e.decoder_threads) as encoder:
+    with contextlib.ExitStack() as stack:
+        aligner = None
+        if aligner_model is not None:
+            from qasr_live.engine.aligner import Aligner
+            from qasr_live.offline.timestamps import align_transcript
+
+            aligner = stack.enter_context(Aligner(aligner_model, threads=e.decoder_threads, setting="--aligner"))
+        encoder = stack.enter_context(
+            EncoderWorker.for_offline(model.frontend, model.backend, e.encoder_threads, e.decoder_threads)
+        )
         transcriber = Transcriber(model, cfg.engine, encoder)
+        stack.callback(transcriber.close)
         load_seconds = time.perf_counter() - t0
-        try:
-            for path, audio in audios:
-                run = transcriber.stream(audio.blocks(), r.language, r.context, itn=r.itn, offset=audio.start)
-                progress = _show_progress(args, audio.seconds)
-                result = _print_segments(run, audio.seconds, progress=progress, start=audio.start)
-                if formats != ["txt"] or args.out_dir:
-                    for written in write_outputs(result, path, formats, args.out_dir):
-                        print(f"wrote {written}", file=sys.stderr)
-                if not args.quiet:
-                    _print_stats(path, result, model, load_seconds)
-        finally:
-            transcriber.close()
+        for path, audio in audios:
+            run = transcriber.stream(audio.blocks(), r.language, r.context, itn=r.itn, offset=audio.start)
+            progress = _show_progress(args, audio.seconds)
+            result = _print_segments(run, audio.seconds, progress=progress, start=audio.start)
+            if aligner is not None:
+                # the aligner needs the samples again: the (cut) audio is read whole for it, one pass
+                t1 = time.perf_counter()
+                samples = load_audio(path, start=audio.start, duration=audio.duration)
+                result = align_transcript(
+                    aligner,
+                    samples,
+                    result,
+                    r.language,
+                    warn=lambda line: print(f"qasr-live: warning: {line}", file=sys.stderr),
+                    audio_start=audio.start,
+                )
+                _LOGGER.info("aligned %s in %.2f s", path, time.perf_counter() - t1)
+            if formats != ["txt"] or args.out_dir:
+                for written in write_outputs(result, path, formats, args.out_dir, limits):
+                    print(f"wrote {written}", file=sys.stderr)
+            if not args.quiet:
+                _print_stats(path, result, model, load_seconds)
     return 0
 
 
@@ -137,6 +167,29 @@ def _print_segments(
     elif not printed:
         print(flush=True)  # an empty transcript is still one line, as before
     return result
+
+
+def _timestamps_aligner(cfg: AppConfig, formats: list[str]) -> ModelDir | None:
+    """The aligner model when word times are asked for (refusing the request without one); a one-line note
+    when subtitles are written without word times."""
+    from qasr_live.errors import AlignmentError
+    from qasr_live.model_store import resolve_aligner
+
+    if not cfg.recognition.timestamps:
+        if {"srt", "vtt"} & set(formats):
+            print(
+                "qasr-live: note: no word times: subtitle cues are cut in proportion to the text; pass --timestamps "
+                "with an aligner (model.aligner or --aligner) to cut them at words.",
+                file=sys.stderr,
+            )
+        return None
+    aligner = resolve_aligner(cfg)
+    if aligner is None:
+        raise AlignmentError(
+            "--timestamps needs a Qwen3-ForcedAligner model: install it with `qasr-live pull "
+            "Qwen/Qwen3-ForcedAligner-0.6B` and set model.aligner (or pass --aligner NAME_OR_DIR)."
+        )
+    return aligner
 
 
 def _print_stats(path: Path, result: Transcript, model: ModelDir, load_seconds: float) -> None:
@@ -193,6 +246,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
     )
     default = model_store.get_default(root)
     make_default: bool | None = args.default
+    if model_store.is_aligner(result.path):  # it times words, it cannot be the model that transcribes
+        _print_pulled(name, result, False)
+        if make_default:
+            print(f"  --default ignored: {name} cannot be the model that transcribes", file=sys.stderr)
+        print(f"  {name} is a Qwen3-ForcedAligner: set model.aligner: {name} in config.yaml, or pass --aligner {name}")
+        return 0
     if make_default is None and default != name:
         if sys.stdin.isatty():
             make_default = _confirm(f"make {name} the default model? [Y/n] ")
@@ -225,6 +284,8 @@ def _print_pulled(name: str, result: PullResult, is_default: bool) -> None:
         f"  encoder {','.join(precisions['encoder'])}, decoder {','.join(precisions['decoder'])}; "
         f"download {result.download_seconds:.1f} s, conversion {result.convert_seconds:.1f} s"
     )
+    if open_model_dir(result.path, verify=False).kind != "qwen3-asr":
+        return
     if is_default:
         print(f"  {name} is the default model: `qasr-live transcribe FILE` and `qasr-live serve` use it")
     else:
@@ -322,7 +383,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--language", help="force the language, e.g. English (default: detect)")
     t.add_argument("--context", help="background text or hot words for the system prompt")
     t.add_argument("--threads", type=int, help="decoder threads (overrides engine.decoder_threads)")
-    t.add_argument("--format", default="txt", help="comma list of txt, srt, json (written next to each file)")
+    t.add_argument("--format", default="txt", help="comma list of txt, srt, vtt, json (written next to each file)")
+    t.add_argument(
+        "--timestamps",
+        action="store_const",
+        const=True,
+        help="time every word with the aligner (JSON words, SRT/VTT cues cut at words); sets recognition.timestamps",
+    )
+    t.add_argument("--aligner", help="Qwen3-ForcedAligner: installed name or directory (overrides model.aligner)")
+    t.add_argument("--max-cue-seconds", type=float, default=6.0, help="longest subtitle cue cut at words (6)")
+    t.add_argument("--line-chars", type=int, default=42, help="characters per subtitle line, CJK by character (42)")
+    t.add_argument("--cue-lines", type=int, default=2, help="lines per subtitle cue (2)")
     t.add_argument("--out-dir", type=Path, help="write the outputs here instead of next to the audio")
     t.add_argument("--start", type=float, default=0.0, metavar="SECONDS", help="transcribe from this time on")
     t.add_argument("--duration", type=float, metavar="SECONDS", help="transcribe this much audio (default: all)")

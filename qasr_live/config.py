@@ -130,6 +130,12 @@ class ModelConfig:
         "GGUF decoder weights; auto = chosen from those in the model directory",
         choices=("auto", "f32", "f16", "q8_0", "q4_k"),
     )
+    aligner: str | None = _opt(
+        None,
+        "Qwen3-ForcedAligner model for word times: an installed model's name or a directory; null = none",
+        non_empty=True,
+        expand_user=True,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,6 +177,7 @@ class RecognitionConfig:
     )
     context: str = _opt("", "background text / hot words given to the model in the system prompt")
     itn: bool = _opt(True, "Chinese text: numbers, dates, times, percentages and money as digits (一千 -> 1000)")
+    timestamps: bool = _opt(False, "time every word with the aligner (model.aligner): file outputs, live events")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -50,12 +50,13 @@ from qasr_live.dictation.effects import (
 from qasr_live.engine.generation import AnswerLength
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.engine.worker import EncoderWorker
-from qasr_live.errors import HotkeysUnavailable, ProtocolError, QasrError
+from qasr_live.errors import AlignmentError, HotkeysUnavailable, ProtocolError, QasrError
 from qasr_live.events import ControlAction, RecordMode
 from qasr_live.outputs.delivery import Delivery
 from qasr_live.outputs.journal import Journal, default_journal_path
 from qasr_live.outputs.typing import Typist
 from qasr_live.outputs.websocket import WebSocketServer
+from qasr_live.outputs.word_times import LiveWordTimes
 from qasr_live.runtime import RuntimeFiles
 from qasr_live.service import notify
 from qasr_live.streaming.recognizer import StreamingRecognizer
@@ -96,6 +97,7 @@ class Daemon:
         self._timers: set[asyncio.TimerHandle] = set()
         self._pumped = asyncio.Condition()
         self._pumped_samples = 0
+        self._word_times: LiveWordTimes | None = None  # recognition.timestamps with an aligner
 
     # --------------------------------------------------------------------------------------------- lifecycle
 
@@ -115,6 +117,9 @@ class Daemon:
                 self._server = self._websocket_server()
                 stack.push_async_callback(self._server.stop)
                 await self._server.start()
+            if self.cfg.recognition.timestamps:
+                self._word_times = await self._start_word_times()
+                stack.push_async_callback(self._word_times.close)  # unwound before the server: words get out
             ctl = CtlServer.for_runtime(self.runtime, self.control, self.status, lock=False)  # held since start-up
             stack.push_async_callback(ctl.close)
             await ctl.start()
@@ -179,6 +184,20 @@ class Daemon:
             server_version=__version__,
         )
 
+    async def _start_word_times(self) -> LiveWordTimes:
+        """The aligner of `model.aligner`, loaded off the loop; asking for timestamps without one is refused."""
+        from qasr_live.model_store import resolve_aligner
+
+        aligner = resolve_aligner(self.cfg)
+        if aligner is None:
+            raise AlignmentError(
+                "recognition.timestamps needs a Qwen3-ForcedAligner model: install it with `qasr-live pull "
+                "Qwen/Qwen3-ForcedAligner-0.6B` and set model.aligner, or set recognition.timestamps: false."
+            )
+        word_times = LiveWordTimes(aligner, self._hub, threads=1)
+        await word_times.start()
+        return word_times
+
     async def _start_hotkeys(self, stack: contextlib.AsyncExitStack, typist: Typist | None) -> None:
         if not self.cfg.hotkeys.enabled or self.cfg.audio.source is not None:
             return
@@ -220,6 +239,8 @@ class Daemon:
                 self._apply(self._dictation.end_of_stream())
                 self.stop()
                 return
+            if self._word_times is not None:
+                self._word_times.feed(block)
             self._apply(self._dictation.feed_audio(block))
             async with self._pumped:
                 self._pumped_samples += len(block)
@@ -243,8 +264,12 @@ class Daemon:
                     self._recognizer.interrupt()
             elif isinstance(effect, Publish):
                 self._hub.publish(effect.event)
+                if self._word_times is not None:
+                    self._word_times.observe(effect.event)
             elif isinstance(effect, Deliver):
                 assert self._delivery is not None
+                if self._word_times is not None:
+                    self._word_times.observe(effect.event)
                 self._delivery.commit(effect.event, effect.audio_start, effect.audio_end)
             elif isinstance(effect, Type):
                 assert self._delivery is not None

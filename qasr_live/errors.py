@@ -60,6 +60,11 @@ class AudioDeviceError(AudioError):
     exit_code = EXIT_DEVICE
 
 
+class AlignmentError(QasrError):
+    """Text cannot be aligned to its audio (nothing to align, more words than the audio can hold, too long), or
+    timestamps were asked for without an aligner model."""
+
+
 class ExportError(QasrError):
     """A source checkpoint cannot be exported."""
 

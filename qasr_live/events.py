@@ -62,13 +62,16 @@ __all__ = [
     "SubscribeMessage",
     "UtteranceEndEvent",
     "UtteranceStartEvent",
+    "UtteranceWordsEvent",
     "event_from_json",
     "event_to_json",
     "json_schema",
     "json_schema_text",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+# Version 2 only added (utterance_words, utterance_end.language): a client speaking 1 is understood as before.
+ACCEPTED_VERSIONS = (1, 2)
 _RESERVED = ("v", "seq", "type")  # envelope keys; no event may have a field of these names
 
 
@@ -175,7 +178,9 @@ class ControlAction(enum.StrEnum):
 
 
 # The TYPE of every server event (checked against SERVER_EVENTS at import).
-ServerEventType = Literal["hello", "state", "utterance_start", "partial", "commit", "utterance_end", "output", "error"]
+ServerEventType = Literal[
+    "hello", "state", "utterance_start", "partial", "commit", "utterance_end", "output", "error", "utterance_words"
+]
 
 #: Every integer of the protocol: a counter, index or length, never negative.
 Count = Annotated[int, schema.Rules(minimum=0)]
@@ -243,6 +248,21 @@ class UtteranceEndEvent(ServerEvent):
     latency: Annotated[dict[str, float], "latency figures in milliseconds, e.g. first_partial_ms, final_ms"] = (
         dataclasses.field(default_factory=dict)
     )
+    language: Annotated[str | None, "the language spoken (forced, or detected by the model); null if unknown"] = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UtteranceWordsEvent(ServerEvent):
+    """When each word of an ended utterance was said (the forced aligner, run in the background after the
+    utterance's text was committed and typed: it comes after utterance_end, possibly after later events)."""
+
+    TYPE: ClassVar[str] = "utterance_words"
+    utterance_id: Annotated[str, "the utterance"]
+    language: Annotated[str | None, "the language spoken; null if unknown"]
+    words: Annotated[list[str], "the words as written, punctuation attached (CJK: one character each)"]
+    start: Annotated[list[float], "start of each word, in seconds of the session's audio clock (as audio_start)"]
+    end: Annotated[list[float], "end of each word, same clock"]
+    align_ms: Annotated[float, "how long the alignment took, in milliseconds"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -305,6 +325,7 @@ SERVER_EVENTS: tuple[type[ServerEvent], ...] = (
     UtteranceEndEvent,
     OutputEvent,
     ErrorEvent,
+    UtteranceWordsEvent,
 )
 CLIENT_MESSAGES: tuple[type[ClientMessage], ...] = (SubscribeMessage, ControlMessage, ConfigMessage)
 REGISTRY: dict[str, type[_Message]] = {cls.TYPE: cls for cls in SERVER_EVENTS + CLIENT_MESSAGES}
@@ -347,7 +368,7 @@ def event_from_json(text: str | bytes) -> tuple[int | None, _Message]:
     server = issubclass(cls, ServerEvent)
     if "v" in data:
         v = data.pop("v")
-        if type(v) is not int or v != PROTOCOL_VERSION:
+        if type(v) is not int or v not in ACCEPTED_VERSIONS:
             raise ProtocolError(f"{kind}.v: unsupported protocol version {schema.show(v)} (this is {PROTOCOL_VERSION})")
     elif server:
         _missing(cls, "v")

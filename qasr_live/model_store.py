@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qasr_live.engine.model_dir import MANIFEST, ModelDir, open_model_dir
+from qasr_live.engine.model_dir import KIND_ALIGNER, KIND_ASR, MANIFEST, ModelDir, open_model_dir, require_kind
 from qasr_live.errors import ConfigError, ModelError, QasrError
 
 if TYPE_CHECKING:
@@ -246,9 +246,34 @@ def resolve_model(cfg: AppConfig) -> ModelDir:
             )
         path = DEMO_MODEL
     model = open_model_dir(path, m.encoder_precision, m.decoder_precision, verify=True)
+    require_kind(model, KIND_ASR, "model.dir" if m.dir is not None else "model.name" if m.name else "the default model")
     if model.is_demo:
         _LOGGER.warning(
             "using the embedded DEMO model: trained here on synthetic speech with a limited vocabulary. For real "
             f"dictation install Qwen3-ASR with {PULL_HINT} (it becomes the default model)."
         )
     return model
+
+
+def resolve_aligner(cfg: AppConfig) -> ModelDir | None:
+    """The aligner ``model.aligner`` names (an installed name, or a directory: a value with a "/" or one that
+    exists), checked like the recognizer; None when none is configured."""
+    value = cfg.model.aligner
+    if value is None:
+        return None
+    root = models_dir()
+    if "/" in value or Path(value).is_dir():
+        path = Path(value)
+    else:
+        path = root / check_name(value)
+        if not path.is_dir():
+            raise ModelError(
+                f"model.aligner: no installed model is named {value!r} (in {root}); install it with "
+                "`qasr-live pull Qwen/Qwen3-ForcedAligner-0.6B` or name a directory written by `qasr-live export`."
+            )
+    return require_kind(open_model_dir(path, verify=True), KIND_ALIGNER, "model.aligner")
+
+
+def is_aligner(path: Path) -> bool:
+    """Whether an installed model directory holds an aligner (read from its manifest, unverified)."""
+    return open_model_dir(path, verify=False).kind == KIND_ALIGNER

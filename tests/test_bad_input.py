@@ -481,7 +481,7 @@ def test_cli_good_input_writes_outputs(cli_case):
         pytest.param(_wav("nan.wav", _nan_wav()), [], ["nan.wav", "1 sample(s) are NaN", "0.250 s"], id="nan-wav"),
         pytest.param(GOOD_WAV, ["--language", "Klingon"], ["--language", "'Klingon'", "English"], id="language"),
         pytest.param(
-            GOOD_WAV, ["--format", "docx"], ["--format", "unknown format docx", "txt, srt, json"], id="format"
+            GOOD_WAV, ["--format", "docx"], ["--format", "unknown format docx", "txt, srt, vtt, json"], id="format"
         ),
     ],
 )

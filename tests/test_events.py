@@ -28,6 +28,7 @@ from qasr_live.events import (
     SubscribeMessage,
     UtteranceEndEvent,
     UtteranceStartEvent,
+    UtteranceWordsEvent,
     event_from_json,
     event_to_json,
     json_schema,
@@ -44,6 +45,15 @@ SAMPLES = [
     CommitEvent(utterance_id="u1", idx=0, text="Hello «world» 你好\n"),
     UtteranceEndEvent(utterance_id="u1", reason="silence", latency={"first_partial_ms": 180.5, "final_ms": 420.0}),
     UtteranceEndEvent(utterance_id="u2", reason="no_speech"),
+    UtteranceEndEvent(utterance_id="u3", reason="silence", language="Chinese"),
+    UtteranceWordsEvent(
+        utterance_id="u3",
+        language="Chinese",
+        words=["你", "好，"],
+        start=[12.5, 12.74],
+        end=[12.66, 12.9],
+        align_ms=41.5,
+    ),
     OutputEvent(utterance_id="u1", backend="wtype", ok=True, text="Hello"),
     OutputEvent(utterance_id="u1", backend="none", ok=False, text="Hello", error="wtype not found"),
     ErrorEvent(code="bad_message", message="partial.rev: expected ...", fatal=False),
@@ -90,7 +100,14 @@ def test_round_trip_through_json(event):
 def test_server_event_wire_starts_with_envelope():
     text = event_to_json(CommitEvent(utterance_id="u1", idx=2, text="x"), 9)
     assert list(json.loads(text))[:3] == ["v", "seq", "type"]
-    assert json.loads(text) == {"v": 1, "seq": 9, "type": "commit", "utterance_id": "u1", "idx": 2, "text": "x"}
+    assert json.loads(text) == {
+        "v": PROTOCOL_VERSION,
+        "seq": 9,
+        "type": "commit",
+        "utterance_id": "u1",
+        "idx": 2,
+        "text": "x",
+    }
 
 
 def test_client_message_needs_no_seq_or_version():
@@ -138,7 +155,7 @@ SUB = SubscribeMessage(events=["commit"])
         (_mutated(PARTIAL, seq=...), "partial.seq"),
         (_mutated(PARTIAL, seq=-4), "partial.seq"),
         (_mutated(PARTIAL, v=...), "partial.v"),
-        (_mutated(PARTIAL, v=2), "partial.v"),
+        (_mutated(PARTIAL, v=3), "partial.v"),
         (_mutated(OUTPUT, ok=1), "output.ok"),
         (_mutated(OUTPUT, backend="xdotool"), "output.backend"),
         (_mutated(END, latency={"final_ms": "fast"}), "utterance_end.latency['final_ms']"),
@@ -244,3 +261,11 @@ def test_schema_rejects_invalid_messages():
     assert _schema_errors(schema, {**wire, "bogus": 1})
     assert _schema_errors(schema, {k: v for k, v in wire.items() if k != "seq"})
     assert _schema_errors(schema, {"type": "teleport"})
+
+
+def test_version_1_clients_are_still_understood():
+    """Version 2 only added an event and a field: a client message stamped v 1 parses as before."""
+    _, message = event_from_json('{"v": 1, "type": "control", "action": "toggle"}')
+    assert message == ControlMessage(action="toggle")
+    with pytest.raises(ProtocolError, match="unsupported protocol version 3"):
+        event_from_json('{"v": 3, "type": "control", "action": "toggle"}')

@@ -365,8 +365,13 @@ BAD_SOURCES = [
     ),
     pytest.param(
         _edit_config(lambda c: c["thinker_config"].update(model_type="qwen3_forced_aligner")),
-        ["Qwen3-ForcedAligner", "Qwen3-ASR checkpoints"],
-        id="forced-aligner",
+        ["names a Qwen3-ForcedAligner but lacks thinker_config.classify_num"],
+        id="aligner-without-classes",
+    ),
+    pytest.param(  # an ASR checkpoint's weights under an aligner's config: its head is not a classifier
+        _edit_config(lambda c: c["thinker_config"].update(model_type="qwen3_forced_aligner", classify_num=5000)),
+        ["lack thinker.lm_head.weight, the aligner's timestamp classifier", "do not belong together"],
+        id="aligner-config-asr-weights",
     ),
 ]
 

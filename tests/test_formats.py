@@ -27,7 +27,7 @@ def sample() -> Transcript:
 
 
 def test_formats_tuple():
-    assert FORMATS == ("txt", "srt", "json")
+    assert FORMATS == ("txt", "srt", "vtt", "json")
 
 
 def test_txt():
@@ -99,8 +99,8 @@ def test_json_round_trip():
 
 
 def test_unknown_format():
-    with pytest.raises(ValueError, match="valid formats: txt, srt, json"):
-        render(sample(), "vtt")
+    with pytest.raises(ValueError, match="valid formats: txt, srt, vtt, json"):
+        render(sample(), "ass")
 
 
 def test_write_outputs_next_to_audio(tmp_path):
@@ -161,6 +161,6 @@ def test_written_file_respects_umask(tmp_path):
 
 
 def test_write_outputs_rejects_unknown_before_writing(tmp_path):
-    with pytest.raises(ValueError, match=r"'doc'.*txt, srt, json"):
+    with pytest.raises(ValueError, match=r"'doc'.*txt, srt, vtt, json"):
         write_outputs(sample(), tmp_path / "a.wav", ["txt", "doc"])
     assert os.listdir(tmp_path) == []

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import pytest
 
 from devkit.fake_hub import FakeHub
+from devkit.random_aligner import TINY_ALIGNER_SPECS, build_random_aligner
 from devkit.random_checkpoint import RandomModelSpec, build_random_checkpoint
 from qasr_live.config import AppConfig, ModelConfig
 from qasr_live.errors import EXIT_DOWNLOAD, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_USAGE, ConfigError, ModelError
@@ -146,11 +147,7 @@ def repos(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
     """The directories the hub serves: the tiny checkpoint as Qwen3-ASR, a ForcedAligner and a BERT config."""
     root = tmp_path_factory.mktemp("repos")
     asr = tiny_checkpoints["tied"]
-    aligner = shutil.copytree(asr, root / "aligner")
-    config = json.loads((aligner / "config.json").read_text())
-    config["model_type"] = "qwen3_forced_aligner"
-    config["thinker_config"]["model_type"] = "qwen3_forced_aligner_thinker"
-    (aligner / "config.json").write_text(json.dumps(config))
+    aligner = build_random_aligner(root / "aligner", TINY_ALIGNER_SPECS["aligner_gqa"], decorrelate=0)
     bert = root / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
@@ -369,7 +366,6 @@ def test_gated_repo_without_a_token(hub, tmp_path):
     ("repo", "parts"),
     [
         ("google-bert/bert-base-uncased", ["not a Qwen3-ASR checkpoint", "'bert'", "Qwen/Qwen3-ASR-0.6B"]),
-        ("Qwen/Qwen3-ForcedAligner-0.6B", ["Qwen/Qwen3-ForcedAligner-0.6B", "ForcedAligner", "Qwen3-ASR"]),
     ],
 )
 def test_not_an_asr_checkpoint_is_refused_before_the_weights(hub, tmp_path, repo, parts):
@@ -672,3 +668,18 @@ def test_model_name_in_config(store):
     config.write_text("model:\n  name: nope\n")
     proc = qasr("transcribe", SAMPLE, "--config", config, env=store.env)
     one_error(proc, EXIT_MODEL, "model.name", "'nope'", "installed: alpha, beta", "qasr-live pull")
+
+
+def test_pull_installs_an_aligner_without_taking_the_default(hub, tmp_path):
+    """A Qwen3-ForcedAligner pulls like a recognizer, and is named for model.aligner, never made the default."""
+    env = make_env(tmp_path, hub.endpoint)
+    proc = qasr("pull", "Qwen/Qwen3-ForcedAligner-0.6B", "--precision", "fp32/f16", env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    m = manifest(models_dir(tmp_path) / "qwen3-forcedaligner-0.6b")
+    assert m["kind"] == "qwen3-forced-aligner" and "classifier.f32.npy" in m["files"]
+    assert "default" not in store_entries(tmp_path)
+    assert "model.aligner: qwen3-forcedaligner-0.6b" in proc.stdout
+    assert "is the default model" not in proc.stdout
+    again = qasr("pull", "Qwen/Qwen3-ForcedAligner-0.6B", "--precision", "fp32/f16", "--default", env=env)
+    assert again.returncode == 0 and "--default ignored" in again.stderr
+    assert "default" not in store_entries(tmp_path)

@@ -389,7 +389,10 @@ class DictationController:
         if utt.speculation_ms is not None:
             latency["speculative_decode_ms"] = round(utt.speculation_ms, 1)
         latency["audio_ms"] = round(utt.samples / SAMPLE_RATE * 1000, 1)
-        self._out.append(Publish(UtteranceEndEvent(utterance_id=utt.id, reason=reason, latency=latency)))
+        language = (final.language or None) if final is not None else None
+        self._out.append(
+            Publish(UtteranceEndEvent(utterance_id=utt.id, reason=reason, latency=latency, language=language))
+        )
         listening = self.active and self.mode != RecordMode.PTT
         self._set_state(DictationState.LISTENING if listening else DictationState.IDLE)
         self._out.append(Prepare(utt.id))

@@ -62,6 +62,7 @@ class Decoder:
         temperature: float = 0.0,
         seed: int = 0,
         repack: bool = True,
+        embeddings: bool = False,
     ) -> None:
         import llama_cpp.llama_cpp as llama
 
@@ -92,6 +93,9 @@ class Decoder:
         cparams.n_threads_batch = threads
         cparams.type_k = cparams.type_v = KV_CACHE_TYPES[kv_cache_type]
         cparams.no_perf = True
+        if embeddings:  # per-position final-norm states (the forced aligner's classifier reads them)
+            cparams.embeddings = True
+            cparams.pooling_type = llama.LLAMA_POOLING_TYPE_UNSPECIFIED  # the GGUF says none (no warning)
         # On the CPU, llama.cpp's flash attention computes in f16: measured 6e-4 relative logit error against
         # the official model, versus 1e-7 without it. Worth it on a GPU, where it saves memory and time.
         # A quantized V cache exists only inside the flash-attention kernel.
@@ -213,6 +217,53 @@ class Decoder:
             if rc != 0:
                 raise DecoderError(f"llama_decode failed with code {rc} at position {self.n_past}")
             self.n_past += m
+
+    def feed_states(
+        self, wanted: list[int], *, tokens: list[int] | None = None, rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Append tokens (or audio rows) and return the final-norm states of the `wanted` indices of this feed,
+        shape (len(wanted), n_embd). Needs a decoder opened with embeddings=True."""
+        self._check_open()
+        n = len(tokens) if tokens is not None else len(rows) if rows is not None else 0
+        if rows is not None:
+            rows = np.ascontiguousarray(rows, dtype=np.float32)
+            if rows.ndim != 2 or rows.shape[1] != self.n_embd:
+                raise DecoderError(f"audio rows of shape {rows.shape} do not fit the decoder width {self.n_embd}")
+        if self.n_past + n > self.n_ctx:
+            raise DecoderError(
+                f"the alignment needs {self.n_past + n} positions but the context holds {self.n_ctx}; "
+                "align shorter stretches of audio."
+            )
+        flagged = set(wanted)
+        # Embeddings mode outputs every row of a batch (llama.cpp overrides the flags), which costs the output
+        # head's product on each: a feed that wants no states (the audio rows) runs with it off.
+        self._llama.llama_set_embeddings(self._ctx, bool(flagged))
+        out = np.zeros((len(wanted), self.n_embd), dtype=np.float32)
+        where = {index: k for k, index in enumerate(wanted)}
+        batch = self._token_batch if tokens is not None else self._embd_batch
+        for start in range(0, n, self.n_batch):
+            m = min(self.n_batch, n - start)
+            if tokens is not None:
+                for i in range(m):
+                    batch.token[i] = tokens[start + i]
+            else:
+                assert rows is not None, "tokens or rows"
+                ctypes.memmove(batch.embd, rows[start : start + m].ctypes.data, m * self.n_embd * 4)
+            for i in range(m):
+                batch.pos[i] = self.n_past + i
+                batch.logits[i] = 1 if flagged else 0  # with states wanted, every row (else llama.cpp warns)
+            batch.n_tokens = m
+            rc = self._llama.llama_decode(self._ctx, batch)
+            if rc != 0:
+                raise DecoderError(f"llama_decode failed with code {rc} at position {self.n_past}")
+            for i in range(m):
+                if start + i in flagged:
+                    ptr = self._llama.llama_get_embeddings_ith(self._ctx, i)
+                    if not ptr:
+                        raise DecoderError("llama.cpp returned no states: the decoder was not opened for them")
+                    out[where[start + i]] = np.ctypeslib.as_array(ptr, shape=(self.n_embd,))
+            self.n_past += m
+        return out
 
     def sample(self, index: int = -1) -> int:
         """The next token after the last fed position, or after the index-th token of the last batch fed with

@@ -6,6 +6,7 @@ Layout, written by ``qasr-live export`` and read here::
     encoder_frontend.{fp32,int8,int4}.onnx   one 100-frame mel chunk -> 13 rows (batch dimension dynamic)
     encoder_backend.{fp32,int8,int4}.onnx    rows + additive mask -> LLM-hidden rows (dynamic length)
     decoder.{f32,f16,q8_0,q4_k}.gguf          the language model, arch `qwen3`, with its tokenizer
+    classifier.f32.npy                        aligners only (kind qwen3-forced-aligner): the timestamp head
 
 The manifest records the dims the two halves must agree on, the special-token ids, and a sha256 per file, so a
 missing, truncated or mismatched file is caught at load time with a message that says how to fix it.
@@ -22,6 +23,9 @@ from typing import Any
 from qasr_live.errors import ModelError
 
 MANIFEST = "manifest.json"
+KIND_ASR = "qwen3-asr"
+KIND_ALIGNER = "qwen3-forced-aligner"
+CLASSIFIER_FILE = "classifier.f32.npy"
 FORMAT_VERSION = 1
 ENCODER_PRECISIONS = ("fp32", "int8", "int4")
 DECODER_PRECISIONS = ("f32", "f16", "q8_0", "q4_k")
@@ -57,6 +61,11 @@ class ModelDir:
     decoder: Path
     encoder_precision: str
     decoder_precision: str
+    classifier: Path | None = None  # aligners only
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest.get("kind", KIND_ASR))
 
     @property
     def dims(self) -> dict[str, Any]:
@@ -127,6 +136,8 @@ def open_model_dir(
     enc = _pick("encoder", encoder_precision, enc_available, AUTO_ENCODER_ORDER, path, "model.encoder_precision")
     dec = _pick("decoder", decoder_precision, dec_available, AUTO_DECODER_ORDER, path, "model.decoder_precision")
     chosen = [encoder_file("frontend", enc), encoder_file("backend", enc), decoder_file(dec)]
+    if manifest.get("kind", KIND_ASR) == KIND_ALIGNER:
+        chosen.append(CLASSIFIER_FILE)
     for name in chosen:
         _check_file(path, name, files.get(name), verify)
     dims = manifest.get("dims")
@@ -144,7 +155,23 @@ def open_model_dir(
             f"expects {dec_dim} (dims.decoder_hidden): the two halves come from different models. Re-export both "
             "from one checkpoint with `qasr-live export`."
         )
-    return ModelDir(path, manifest, path / chosen[0], path / chosen[1], path / chosen[2], enc, dec)
+    classifier = path / CLASSIFIER_FILE if len(chosen) > 3 else None
+    return ModelDir(path, manifest, path / chosen[0], path / chosen[1], path / chosen[2], enc, dec, classifier)
+
+
+def require_kind(model: ModelDir, kind: str, setting: str) -> ModelDir:
+    """`model` if it is of `kind`; otherwise one line saying which setting points at the wrong kind of model."""
+    if model.kind == kind:
+        return model
+    if kind == KIND_ALIGNER:
+        raise ModelError(
+            f"{setting} points at {model.path}, a speech recognition model, not a Qwen3-ForcedAligner: install "
+            "the aligner with `qasr-live pull Qwen/Qwen3-ForcedAligner-0.6B` and name it there."
+        )
+    raise ModelError(
+        f"{setting} points at {model.path}, a Qwen3-ForcedAligner (it times text, it cannot transcribe): name a "
+        "Qwen3-ASR model there and the aligner in `model.aligner` (or --aligner)."
+    )
 
 
 def _check_entries(manifest_path: Path, files: object) -> None:

@@ -90,9 +90,19 @@ def read_checkpoint_config(src: Path) -> dict[str, Any]:
             f"{config_path} has no `thinker_config`: this is not a Qwen3-ASR checkpoint "
             f"(model_type {model_type!r}). Use Qwen/Qwen3-ASR-0.6B or -1.7B."
         )
-    if "forced_aligner" in str(config["thinker_config"].get("model_type", "")):
-        raise ExportError(f"{src} is a Qwen3-ForcedAligner checkpoint; `export` takes Qwen3-ASR checkpoints.")
+    if is_aligner_config(config) and not isinstance(config["thinker_config"].get("classify_num"), int):
+        raise ExportError(
+            f"{config_path} names a Qwen3-ForcedAligner but lacks thinker_config.classify_num (the number of "
+            "timestamp slots); download the checkpoint again (e.g. Qwen/Qwen3-ForcedAligner-0.6B)."
+        )
     return config
+
+
+def is_aligner_config(config: Mapping[str, Any]) -> bool:
+    """Whether config.json describes a Qwen3-ForcedAligner: the official test is this substring of the thinker's
+    model_type (its head is then a classifier over timestamp slots, not the vocabulary)."""
+    thinker = config.get("thinker_config")
+    return isinstance(thinker, dict) and "forced_aligner" in str(thinker.get("model_type", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,8 +426,34 @@ def tied_head(checkpoint: Checkpoint) -> bool:
 
 
 def open_checkpoint(src: Path) -> tuple[Checkpoint, bool]:
-    """The opened, checked checkpoint and whether its output head is tied to the embedding."""
+    """The opened, checked checkpoint and whether its output head is tied to the embedding. An aligner's head
+    is its timestamp classifier, never the embedding: the decoder is checked as if tied (no vocabulary head) and
+    the classifier on its own."""
     checkpoint = Checkpoint(src)
+    if is_aligner_config(checkpoint.config):
+        check_layout(checkpoint, True)
+        check_classifier(checkpoint)
+        return checkpoint, True
     tied = tied_head(checkpoint)
     check_layout(checkpoint, tied)
     return checkpoint, tied
+
+
+CLASSIFIER = TEXT_PREFIX + "lm_head.weight"
+
+
+def check_classifier(checkpoint: Checkpoint) -> None:
+    """The aligner's head: `classify_num` rows of the text width, and a timestamp token the config names."""
+    classes = checkpoint.config["thinker_config"]["classify_num"]
+    shape = (classes, checkpoint.text_config["hidden_size"])
+    if CLASSIFIER not in checkpoint:
+        raise ExportError(
+            f"the weights of {checkpoint.path} lack {CLASSIFIER}, the aligner's timestamp classifier; the weights "
+            "and config.json do not belong together: download the checkpoint again."
+        )
+    checkpoint.check_dtype(CLASSIFIER)
+    if checkpoint.entry(CLASSIFIER).shape != shape:
+        raise ExportError(
+            f"{CLASSIFIER} has shape {list(checkpoint.entry(CLASSIFIER).shape)} but config.json implies "
+            f"{list(shape)} (classify_num x hidden_size); download the checkpoint again."
+        )

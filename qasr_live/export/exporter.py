@@ -21,10 +21,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from qasr_live.engine.model_dir import (
+    CLASSIFIER_FILE,
     DECODER_PRECISIONS,
     ENCODER_PRECISIONS,
     FORMAT_VERSION,
+    KIND_ALIGNER,
+    KIND_ASR,
     MANIFEST,
     decoder_file,
     encoder_file,
@@ -33,13 +38,21 @@ from qasr_live.engine.model_dir import (
 from qasr_live.engine.prompt import ASR_TEXT, CONTROL_TOKENS, TIMESTAMP
 from qasr_live.errors import ExportError
 from qasr_live.export import decoder_gguf, encoder_graph
-from qasr_live.export.checkpoint import TEXT_PREFIX, Checkpoint, open_checkpoint, read_checkpoint_config
+from qasr_live.export.checkpoint import (
+    CLASSIFIER,
+    TEXT_PREFIX,
+    Checkpoint,
+    is_aligner_config,
+    open_checkpoint,
+    read_checkpoint_config,
+)
 from qasr_live.export.steps import Steps
 from qasr_live.export.tokenizer_files import read_tokenizer
 
 _LOGGER = logging.getLogger(__name__)
 REQUIRED_TOKENS = (*CONTROL_TOKENS, ASR_TEXT)
 OPTIONAL_TOKENS = (TIMESTAMP,)
+ALIGNER_TOKENS = ("<|audio_start|>", "<|audio_end|>", "<|audio_pad|>", TIMESTAMP)
 
 
 def _parse_list(values: Sequence[str], allowed: tuple[str, ...], option: str) -> list[str]:
@@ -68,13 +81,13 @@ def export_checkpoint(
     decoders = _parse_list(decoders, DECODER_PRECISIONS, "--decoder")
     if not encoders or not decoders:
         raise ExportError("export needs at least one encoder and one decoder precision.")
-    read_checkpoint_config(src)  # the cheap checks first: not a checkpoint at all
+    aligner = is_aligner_config(read_checkpoint_config(src))  # the cheap checks first: not a checkpoint at all
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; choose a new directory or pass --force to replace it.")
     steps = Steps(2 + len([e for e in encoders if e != "fp32"]) + len(decoders), progress)
     with steps("read checkpoint", total=None) as step:
         checkpoint, tied = open_checkpoint(src)
-        tokenizer, special = _read_tokenizer(src)
+        tokenizer, special = _read_tokenizer(src, ALIGNER_TOKENS if aligner else REQUIRED_TOKENS)
         step.size_note = sum({e.file: e.file.stat().st_size for e in checkpoint.tensors.values()}.values())
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
@@ -95,6 +108,8 @@ def export_checkpoint(
         }
         files = _write_encoders(checkpoint, tmp, encoders, steps)
         files |= _write_decoders(checkpoint, tied, tokenizer, special, str(info["name"]), tmp, decoders, steps, threads)
+        if aligner:
+            files |= _write_classifier(checkpoint, tmp)
         manifest = _manifest(checkpoint, tied, info, special, encoders, decoders, files)
         manifest["demo"] = demo
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -150,11 +165,11 @@ def _remove(path: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _read_tokenizer(src: Path) -> tuple[dict[str, Any], dict[str, int]]:
-    """The tokenizer description and the ids of the Qwen3-ASR special tokens, all required ones present."""
+def _read_tokenizer(src: Path, required: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, int]]:
+    """The tokenizer description and the ids of the Qwen3-ASR special tokens, all `required` ones present."""
     tokenizer = read_tokenizer(src)
     special: dict[str, int] = {t["content"]: t["id"] for t in tokenizer["added_tokens"]}
-    missing = [t for t in REQUIRED_TOKENS if t not in special]
+    missing = [t for t in required if t not in special]
     if missing:
         raise ExportError(
             f"the tokenizer of {src} lacks the Qwen3-ASR tokens {', '.join(missing)}; "
@@ -245,6 +260,18 @@ def _write_decoders(
     return files
 
 
+def _write_classifier(checkpoint: Checkpoint, tmp: Path) -> dict[str, dict[str, str | int]]:
+    """The aligner's timestamp classifier as a float32 .npy (classify_num x hidden: 20 MB for the real model).
+
+    Why not in the GGUF: llama.cpp's output head must have one row per vocabulary entry (152064), and the
+    classifier has 5000. Padding it (as other ports do) costs a 152064-wide product per timestamp and an argmax
+    restricted by hand; instead the decoder runs in llama.cpp's embeddings mode (the final-norm states) and this
+    product is done in numpy at full precision, whatever the decoder's quantization."""
+    dst = tmp / CLASSIFIER_FILE
+    np.save(dst, np.ascontiguousarray(checkpoint.load(CLASSIFIER), dtype=np.float32))
+    return {CLASSIFIER_FILE: _file_entry(dst, "classifier", "f32")}
+
+
 def _manifest(
     checkpoint: Checkpoint,
     tied: bool,
@@ -256,9 +283,16 @@ def _manifest(
 ) -> dict[str, Any]:
     """The manifest; its dims come from config.json, which check_layout proved agrees with the weights."""
     audio, text = checkpoint.audio_config, checkpoint.text_config
+    extra: dict[str, Any] = {}
+    if is_aligner_config(checkpoint.config):
+        extra["aligner"] = {
+            "classify_num": checkpoint.config["thinker_config"]["classify_num"],
+            "segment_ms": float(checkpoint.config.get("timestamp_segment_time", 80)),
+        }
     return {
         "format_version": FORMAT_VERSION,
-        "kind": "qwen3-asr",
+        "kind": KIND_ALIGNER if extra else KIND_ASR,
+        **extra,
         "demo": False,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": source,
