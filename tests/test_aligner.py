@@ -22,6 +22,7 @@ import pytest
 import scipy.io.wavfile
 
 from devkit.random_aligner import TINY_ALIGNER_SPECS, build_random_aligner
+from qasr_live.config import AppConfig
 from qasr_live.engine.align_text import display_words, fix_timestamps, split_words
 from qasr_live.engine.aligner import Aligner
 from qasr_live.engine.model_dir import open_model_dir
@@ -404,3 +405,45 @@ def test_example_subscriber_prints_word_times(capsys):
     out = capsys.readouterr()
     assert "你好，世界" in out.out
     assert "(Chinese) [12.00-12.24] 你 [12.24-12.56] 好， [12.80-13.04] 世 [13.04-13.20] 界" in out.err
+
+
+def test_timestamps_of_a_cut_stay_file_times(aligner_models, speech_file, tmp_path):
+    """`--start` cuts the input: word times still count from the file's start and lie inside the cut."""
+    out = tmp_path / "out"
+    args = ["--model", str(DEMO_MODEL), "--timestamps", "--aligner", str(aligner_models["aligner_mha"])]
+    proc = qasr("transcribe", str(speech_file), *args, "--start", "1.0", "--format", "json", "--out-dir", str(out))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((out / "talk.json").read_text())
+    words = [w for s in doc["segments"] for w in s["words"]]
+    assert words, doc
+    assert all(1.0 <= w["start"] <= w["end"] <= doc["segments"][-1]["end"] + 1e-3 for w in words)
+
+
+def test_python_api_timestamps_match_the_cli(aligner_models, speech_file, tmp_path):
+    """`Engine(aligner=...)`: `transcribe(timestamps=True)` gives the words `qasr-live transcribe --timestamps`
+    writes; `stream(timestamps=True)` yields segments that already carry their words."""
+    from qasr_live import Engine
+
+    aligner = aligner_models["aligner_mha"]
+    out = tmp_path / "out"
+    proc = qasr(
+        "transcribe", str(speech_file), "--model", str(DEMO_MODEL), "--timestamps", "--aligner", str(aligner),
+        "--format", "json", "--out-dir", str(out), "-q",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    cli_words = [(w["text"], w["start"], w["end"]) for s in json.loads((out / "talk.json").read_text())["segments"]
+                 for w in s["words"]]  # fmt: skip
+    with Engine(DEMO_MODEL, aligner=aligner, config=AppConfig()) as engine:
+        result = engine.transcribe(speech_file, timestamps=True)
+        streamed = list(engine.stream(speech_file, timestamps=True))
+    api_words = [(w.text, w.start, w.end) for s in result.segments for w in s.words]
+    assert api_words == cli_words
+    assert any(s.words for s in streamed) and all(s.words or not split_words(s.text) for s in streamed)
+
+
+def test_python_api_timestamps_without_aligner(tmp_path):
+    from qasr_live import Engine
+    from qasr_live.errors import ConfigError
+
+    with Engine(DEMO_MODEL, config=AppConfig()) as engine, pytest.raises(ConfigError, match="aligner"):
+        engine.transcribe(np.zeros(16000, np.float32), timestamps=True)
