@@ -255,6 +255,20 @@ class TypingConfig:
     modifier_timeout_s: float = _opt(
         3.0, "longest wait for the hotkey's modifiers to be released before typing anyway", minimum=0, maximum=60
     )
+    voice_commands: bool = _opt(
+        True, 'spoken "new line", "new paragraph", "scratch that" act instead of being typed (per language)'
+    )
+    punctuation_words: str = _opt(
+        "auto",
+        'spoken "comma", "period"... become the mark; auto = only where the model did not punctuate',
+        choices=("auto", "on", "off"),
+    )
+    replacements: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            _SPEC_KEY: Spec(help="typed instead: {word: replacement} whole words, case kept; a /regex/ key is a regex")
+        },
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -51,8 +51,8 @@ from qasr_live.engine.generation import AnswerLength
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.engine.worker import EncoderWorker
 from qasr_live.errors import HotkeysUnavailable, ProtocolError, QasrError
-from qasr_live.events import ControlAction, RecordMode
-from qasr_live.outputs.delivery import Delivery
+from qasr_live.events import ControlAction, EndReason, RecordMode, UtteranceEndEvent
+from qasr_live.outputs.delivery import Delivery, rules_for
 from qasr_live.outputs.journal import Journal, default_journal_path
 from qasr_live.outputs.typing import Typist
 from qasr_live.outputs.websocket import WebSocketServer
@@ -108,7 +108,8 @@ class Daemon:
             await self._on_recognizer_thread(self._load_engine)
             journal = Journal(self.cfg.journal.path or default_journal_path()) if self.cfg.journal.enabled else None
             typist = Typist(self.cfg.typing) if self.cfg.typing.enabled else None
-            self._delivery = delivery = Delivery(self._hub, journal, typist)
+            rules = rules_for(self.cfg.typing, self.cfg.recognition.language)
+            self._delivery = delivery = Delivery(self._hub, journal, typist, rules)
             stack.callback(delivery.close)
             if self.cfg.websocket.enabled:
                 self._server = self._websocket_server()
@@ -241,6 +242,10 @@ class Daemon:
                 if self._recognizer is not None:
                     self._recognizer.interrupt()
             elif isinstance(effect, Publish):
+                if isinstance(effect.event, UtteranceEndEvent) and self._delivery is not None:
+                    # what the text rules held back (a possible command's first word) goes out before the end
+                    uid, cancelled = effect.event.utterance_id, effect.event.reason == EndReason.CANCELLED
+                    self._delivery.end(uid, type_it=not cancelled)
                 self._hub.publish(effect.event)
             elif isinstance(effect, Deliver):
                 assert self._delivery is not None

@@ -45,6 +45,7 @@ delivered, time), and the daemon publishes one ``output`` event per attempt.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
 import threading
@@ -63,6 +64,7 @@ from qasr_live.outputs.typing.tools import (
     clipboard_commands,
     paste_with_tool,
     read_clipboard,
+    type_keys,
     type_with_wtype,
     write_clipboard,
 )
@@ -173,6 +175,7 @@ class Typist:
         self._saved_clipboard: tuple[str, str | None] | None = None  # (our text, previous text)
         self._last_utterance: str | None = None
         self._typed_any = False
+        self._typed_len: dict[str, int] = {}  # characters typed per recent utterance (for "scratch that")
 
     # -- public -------------------------------------------------------------------------------------
 
@@ -183,11 +186,22 @@ class Typist:
     def session(self) -> Session:
         return detect_session(self._env, platform=self._platform)
 
-    def type_commit(self, utterance_id: str, text: str) -> OutputResult:
+    def type_commit(
+        self, utterance_id: str, text: str, *, newlines: bool = False, scratch: bool = False
+    ) -> OutputResult:
         """Type one commit; the first commit of a new utterance gets ``typing.separator`` before it, unless
-        nothing was typed before or the text already starts with white space."""
+        nothing was typed before or the text already starts with white space.
+
+        ``newlines``: line breaks in ``text`` are typed as Return (text from the voice commands, never the
+        model's own). ``scratch``: first delete (BackSpace) what was typed of this utterance, or of the previous
+        one when nothing of this one was typed (its separator included)."""
         with self._lock:
-            clean = sanitize(text)
+            clean = sanitize(text, newlines=newlines)
+            deleted: list[Attempt] = []
+            if scratch:
+                deleted.append(self._scratch(utterance_id))
+                if not deleted[0].ok:
+                    clean = ""  # typing after a failed deletion would leave both texts: stop here
             if (
                 utterance_id != self._last_utterance
                 and self._typed_any
@@ -195,14 +209,53 @@ class Typist:
                 and not clean[0].isspace()
                 and self.config.separator
             ):
-                clean = sanitize(self.config.separator) + clean
+                clean = sanitize(self.config.separator, newlines=True) + clean
             self._last_utterance = utterance_id
-            return self.type_text(clean)
+            result = self.type_text(clean, newlines=True)
+            delivered = sum(len(a.delivered) for a in result.attempts)
+            if delivered:
+                self._typed_len[utterance_id] = self._typed_len.get(utterance_id, 0) + delivered
+                while len(self._typed_len) > 8:  # scratch reaches one utterance back: keep a few
+                    del self._typed_len[next(iter(self._typed_len))]
+            if not deleted:
+                return result
+            attempts = (*deleted, *result.attempts)
+            ok = deleted[0].ok and result.ok
+            error = "; ".join(a.error for a in attempts if a.error) or None
+            backend = result.backend if result.attempts else deleted[0].backend
+            return dataclasses.replace(result, backend=backend, ok=ok, error=error, attempts=attempts)
 
-    def type_text(self, text: str) -> OutputResult:
-        """Deliver ``text`` (sanitised first) with the first backend of the chain that works."""
+    def _scratch(self, utterance_id: str) -> Attempt:
+        """Delete what was typed of ``utterance_id`` (else of the utterance typed last) with BackSpace."""
+        target = utterance_id if self._typed_len.get(utterance_id) else next(reversed(self._typed_len), None)
+        count = self._typed_len.pop(target, 0) if target is not None else 0
+        session = self.session()
+        backend = OutputBackend.WTYPE if session.kind == SessionKind.WAYLAND else OutputBackend.PYNPUT
+        started = time.monotonic()
+        if count == 0:
+            return Attempt(backend, True, None, "", "", 0.0)
+        try:
+            if session.kind == SessionKind.WAYLAND:
+                type_keys(["BackSpace"] * count, session)
+            elif session.kind == SessionKind.X11 and session.display:
+                kb = self._xkb(session.display)
+                for _ in range(count):
+                    kb.chord("BackSpace")
+            else:
+                raise TypingBackendError(f"cannot press BackSpace in {session.describe()}")
+        except TypingBackendError as e:
+            if target is not None:
+                self._typed_len[target] = count  # still there: a later scratch may try again
+            error = f"{backend}: scratch that: could not delete {count} characters: {e}"
+            log.warning("typing: %s", error)
+            return Attempt(backend, False, error, "\b" * count, "", time.monotonic() - started)
+        return Attempt(backend, True, None, "\b" * count, "\b" * count, time.monotonic() - started)
+
+    def type_text(self, text: str, *, newlines: bool = False) -> OutputResult:
+        """Deliver ``text`` (sanitised first; ``newlines``: keep line breaks, typed as Return) with the first
+        backend of the chain that works."""
         with self._lock:
-            clean = sanitize(text)
+            clean = sanitize(text, newlines=newlines)
             if not self.config.enabled:
                 disabled = ("typing is disabled (typing.enabled)",)
                 return OutputResult(OutputBackend.NONE, True, None, clean, notes=disabled)

@@ -21,7 +21,15 @@ from collections.abc import Mapping
 from qasr_live.desktop import Session, SessionKind
 from qasr_live.errors import TypingBackendError
 
-__all__ = ["clipboard_commands", "paste_with_tool", "read_clipboard", "run_tool", "type_with_wtype", "write_clipboard"]
+__all__ = [
+    "clipboard_commands",
+    "paste_with_tool",
+    "read_clipboard",
+    "run_tool",
+    "type_keys",
+    "type_with_wtype",
+    "write_clipboard",
+]
 
 
 def run_tool(argv: list[str], env: Mapping[str, str], *, input: str = "", timeout: float = 10.0) -> str:
@@ -65,6 +73,14 @@ def type_with_wtype(text: str, session: Session, char_delay_ms: float = 0.0) -> 
     timeout = 10.0 + len(text) * (char_delay_ms / 1000.0 + 0.02)
     argv = ["wtype", "-d", str(round(char_delay_ms)), "-"] if char_delay_ms else ["wtype", "-"]
     run_tool(argv, session.env, input=text, timeout=timeout)
+
+
+def type_keys(keys: list[str], session: Session) -> None:
+    """Press and release named keys (XKB keysym names, e.g. ``BackSpace``) in order with wtype."""
+    if session.kind != SessionKind.WAYLAND:
+        raise TypingBackendError(f"wtype needs a Wayland session; this is {session.describe()}")
+    if keys:
+        run_tool(["wtype", *(a for k in keys for a in ("-k", k))], session.env, timeout=10.0 + 0.02 * len(keys))
 
 
 def clipboard_commands(session: Session) -> tuple[list[str], list[str]]:

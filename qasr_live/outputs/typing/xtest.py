@@ -30,8 +30,11 @@ _MOD_INDEX_NAMES = {0: "shift", 2: "ctrl", 3: "alt", 6: "cmd", 7: "alt_gr"}  # S
 
 
 def _char_keysym(ch: str) -> int:
-    """The X keysym of a character: Latin-1 keysyms equal the code point, all others are 0x01000000 + it."""
+    """The X keysym of a character (``"\\n"``: Return): Latin-1 keysyms equal the code point, all others are
+    0x01000000 + it."""
     cp = ord(ch)
+    if ch == "\n":
+        return 0xFF0D  # XK_Return: a line break the user asked for (sanitize(newlines=True))
     return cp if 0x20 <= cp <= 0x7E or 0xA0 <= cp <= 0xFF else 0x01000000 + cp
 
 
