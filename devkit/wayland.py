@@ -169,6 +169,9 @@ def _nodes(tree: dict) -> list[dict]:
     return out
 
 
+# Ctrl+V pastes in this window, as in a GUI application (foot's own default is Ctrl+Shift+V), so the clipboard
+# route (wl-copy + the paste keys) can be tested too.
+_FOOT_OPTIONS = ("-o", "key-bindings.clipboard-paste=Control+v Control+Shift+v")
 _RECORDER = 'stty -icanon -echo -isig -ixon -iexten min 1 time 0 && exec cat > "$0"'
 
 
@@ -183,15 +186,16 @@ class FootRecorder:
     def __enter__(self) -> FootRecorder:
         require("foot", "swaymsg")
         self.path.write_bytes(b"")
-        self.proc = subprocess.Popen(
-            ["foot", "--app-id", self.app_id, "sh", "-c", _RECORDER, str(self.path)],
-            env=self.sway.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.sway.root / f"{self.app_id}.log", "wb"),
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        with open(self.sway.root / f"{self.app_id}.log", "wb") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                ["foot", "--app-id", self.app_id, *_FOOT_OPTIONS, "sh", "-c", _RECORDER, str(self.path)],
+                env=self.sway.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         try:
             self.wait_focused(self.start_timeout)
         except BaseException:

@@ -210,7 +210,8 @@ class Typist:
                 and self.config.separator
             ):
                 clean = sanitize(self.config.separator, newlines=True) + clean
-            self._last_utterance = utterance_id
+            if clean:  # (a bare "scratch that" types nothing: the utterance's first text still gets the separator)
+                self._last_utterance = utterance_id
             result = self.type_text(clean, newlines=True)
             delivered = sum(len(a.delivered) for a in result.attempts)
             if delivered:
