@@ -255,6 +255,12 @@ class TypingConfig:
     modifier_timeout_s: float = _opt(
         3.0, "longest wait for the hotkey's modifiers to be released before typing anyway", minimum=0, maximum=60
     )
+    paste_timeout_s: float = _opt(
+        2.0,
+        "clipboard route: longest wait for the window to take the pasted text before the clipboard is restored",
+        minimum=0.1,
+        maximum=30,
+    )
     voice_commands: bool = _opt(
         True, 'spoken "new line", "new paragraph", "scratch that" act instead of being typed (per language)'
     )

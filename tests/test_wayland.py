@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import threading
 import time
 
@@ -142,6 +143,23 @@ def test_compositor_gone_mid_typing_is_reported():
             assert not later.ok and later.error
         typed = window.raw().decode()
         assert 0 < len(typed) < len(text) and set(typed) == {"x"}
+
+
+def test_clipboard_route_pastes_and_restores_the_previous_clipboard(sway, window):
+    """The clipboard route on Wayland (GNOME/KDE's last resort; forced here): the text is pasted with Ctrl+V
+    (foot's paste binding set to it, as in GUI applications) and the user's clipboard, here an image, comes
+    back byte for byte once the window took the paste."""
+    image = bytes(range(256)) * 20
+    subprocess.run(["wl-copy", "--type", "image/png"], input=image, env=sway.env, check=True, timeout=5)
+    with typist(sway, backend="clipboard") as t:
+        result = t.type_text("pasted ünï 你好")
+    assert result.ok, result.error
+    assert [a.backend for a in result.attempts] == [OutputBackend.CLIPBOARD]
+    assert window.wait_text("pasted ünï 你好") == "pasted ünï 你好"
+    types = subprocess.run(["wl-paste", "--list-types"], env=sway.env, capture_output=True, timeout=5)
+    assert types.stdout.decode().split() == ["image/png"]
+    back = subprocess.run(["wl-paste", "--type", "image/png"], env=sway.env, capture_output=True, timeout=5)
+    assert back.stdout == image
 
 
 def test_environment_is_private(sway):

@@ -59,11 +59,20 @@ from qasr_live.config import TypingConfig
 from qasr_live.desktop import Session, SessionKind, detect_session
 from qasr_live.errors import TypingBackendError
 from qasr_live.events import OutputBackend
+from qasr_live.outputs.typing.clipboard import (
+    XClipboardOwner,
+    restore_wayland,
+    snapshot,
+    text_types,
+    wayland_selection_empty,
+)
+from qasr_live.outputs.typing.clipboard import wait as clipboard_wait
 from qasr_live.outputs.typing.sanitize import sanitize
 from qasr_live.outputs.typing.tools import (
     clipboard_commands,
     paste_with_tool,
     read_clipboard,
+    run_tool_bytes,
     type_keys,
     type_with_wtype,
     write_clipboard,
@@ -175,6 +184,7 @@ class Typist:
         self._saved_clipboard: tuple[str, str | None] | None = None  # (our text, previous text)
         self._last_utterance: str | None = None
         self._typed_any = False
+        self._owners: dict[str, XClipboardOwner] = {}  # X11: this process's clipboard, by display
         self._typed_len: dict[str, int] = {}  # characters typed per recent utterance (for "scratch that")
 
     # -- public -------------------------------------------------------------------------------------
@@ -317,9 +327,12 @@ class Typist:
                 timer.cancel()
                 self._restore_clipboard()
             keyboards, self._x = self._x, {}
+            owners, self._owners = self._owners, {}
             self._mac_controller = None
         for kb in keyboards.values():
             kb.close()
+        for owner in owners.values():
+            owner.close()
 
     def __enter__(self) -> Typist:
         return self
@@ -429,6 +442,67 @@ class Typist:
 
     def _paste_clipboard(self, text: str, session: Session) -> None:
         clipboard_commands(session)  # a session without a clipboard fails here, leaving a pending restore alone
+        if session.kind == SessionKind.X11 and session.display:
+            self._paste_x11(text, session, session.display)
+        elif session.kind == SessionKind.WAYLAND:
+            self._paste_wayland(text, session)
+        else:
+            self._paste_mac(text, session)
+
+    def _paste_failed(self, session: Session, e: TypingBackendError) -> TypingBackendError:
+        keys = "Cmd+V" if session.kind == SessionKind.MACOS else "Ctrl+V"
+        return TypingBackendError(f"the text is on the clipboard, but pasting it failed ({e}): press {keys}")
+
+    def _paste_x11(self, text: str, session: Session, display: str) -> None:
+        """Own the clipboard in-process: the paste is known to be taken when the window asks for the text; then
+        every saved type is served again."""
+        saved = snapshot(session)
+        owner = self._owners.get(display)
+        if owner is not None and owner.alive:
+            owner.set_types(text_types(text))  # we own it already (serving a restored clipboard): re-offer
+        else:
+            owner = self._owners[display] = XClipboardOwner(display, text_types(text))
+        try:
+            self._press_paste(session)
+        except TypingBackendError as e:
+            raise self._paste_failed(session, e) from None
+        timeout = self.config.paste_timeout_s
+        if not clipboard_wait(lambda: owner.served.is_set() or owner.lost.is_set(), timeout):
+            raise TypingBackendError(
+                f"pressed Ctrl+V, but no window took the text within {timeout:g} s (typing.paste_timeout_s): "
+                "it stays on the clipboard: press Ctrl+V where it should go"
+            )
+        time.sleep(0.05)  # a window may ask for a second type right after the first
+        if owner.lost.is_set():
+            return  # something else took the clipboard meanwhile: it is the user's now
+        if saved.types:
+            owner.set_types(saved.types)
+        else:  # the clipboard was empty: empty again
+            owner.close()
+            self._owners.pop(display, None)
+        if saved.skipped:
+            log.warning("typing: clipboard types too big to restore: %s", ", ".join(saved.skipped))
+
+    def _paste_wayland(self, text: str, session: Session) -> None:
+        """``wl-copy --paste-once`` gives the clipboard up after the first paste: its emptiness says the paste was
+        taken; then the saved clipboard goes back (one type: wl-copy serves one)."""
+        saved = snapshot(session)
+        run_tool_bytes(["wl-copy", "--paste-once"], session.env, input=text.encode(), timeout=5.0)
+        try:
+            self._press_paste(session)
+        except TypingBackendError as e:
+            raise self._paste_failed(session, e) from None
+        timeout = self.config.paste_timeout_s
+        if not clipboard_wait(lambda: wayland_selection_empty(session), timeout):
+            raise TypingBackendError(
+                f"pressed Ctrl+V, but no window took the text within {timeout:g} s (typing.paste_timeout_s): "
+                "it stays on the clipboard: press Ctrl+V where it should go"
+            )
+        restored = restore_wayland(saved, session)
+        if restored is not None and len(saved.types) > 1:
+            log.info("typing: clipboard restored as %s (wl-copy serves one type of %d)", restored, len(saved.types))
+
+    def _paste_mac(self, text: str, session: Session) -> None:
         timer, self._restore = self._restore, None
         if timer is not None:
             timer.cancel()  # the clipboard still holds our previous text; keep the saved original
@@ -440,10 +514,7 @@ class Typist:
         try:
             self._press_paste(session)
         except TypingBackendError as e:
-            keys = "Cmd+V" if session.kind == SessionKind.MACOS else "Ctrl+V"
-            raise TypingBackendError(
-                f"the text is on the clipboard, but pasting it failed ({e}): press {keys}"
-            ) from None
+            raise self._paste_failed(session, e) from None
         if previous is not None and previous != text and self.clipboard_restore_s >= 0:
             self._saved_clipboard = (text, previous)
             self._restore = threading.Timer(self.clipboard_restore_s, self._restore_later, args=(session,))

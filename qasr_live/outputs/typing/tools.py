@@ -28,6 +28,7 @@ __all__ = [
     "paste_with_tool",
     "read_clipboard",
     "run_tool",
+    "run_tool_bytes",
     "type_keys",
     "type_with_wtype",
     "wayland_alive",
@@ -41,7 +42,15 @@ _SETTLE = ("-s", "30")
 
 
 def run_tool(argv: list[str], env: Mapping[str, str], *, input: str = "", timeout: float = 10.0) -> str:
-    """Run a helper tool to completion; its stdout; ``TypingBackendError`` with its stderr if it fails.
+    """Run a helper tool to completion; its stdout; ``TypingBackendError`` with its stderr if it fails."""
+    return run_tool_bytes(argv, env, input=input.encode(), timeout=timeout).decode(errors="replace")
+
+
+def run_tool_bytes(
+    argv: list[str], env: Mapping[str, str], *, input: bytes = b"", timeout: float = 10.0, limit: int = -1
+) -> bytes:
+    """Run a helper tool to completion; its stdout as bytes (at most ``limit``; -1: all); ``TypingBackendError``
+    with its stderr if it fails.
 
     stdout/stderr go to temporary files, not pipes: ``xclip -i`` and ``wl-copy`` leave a background process
     that serves the clipboard and would hold a pipe open forever.
@@ -53,7 +62,7 @@ def run_tool(argv: list[str], env: Mapping[str, str], *, input: str = "", timeou
         try:
             done = subprocess.run(
                 argv,
-                input=input.encode(),
+                input=input,
                 stdout=out,
                 stderr=err,
                 env=dict(env),
@@ -66,7 +75,7 @@ def run_tool(argv: list[str], env: Mapping[str, str], *, input: str = "", timeou
             raise TypingBackendError(f"cannot run {name}: {e}") from None
         out.seek(0)
         err.seek(0)
-        stdout = out.read().decode(errors="replace")
+        stdout = out.read(limit)
         stderr = err.read().decode(errors="replace").strip()
     if done.returncode != 0:
         detail = stderr.splitlines()[-1] if stderr else "no message"
