@@ -33,6 +33,7 @@ __all__ = [
     "AudioConfig",
     "ControlConfig",
     "EngineConfig",
+    "FeedbackConfig",
     "HotkeysConfig",
     "JournalConfig",
     "ModelConfig",
@@ -278,6 +279,15 @@ class TypingConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FeedbackConfig:
+    """What the user sees of the daemon outside the window text goes to."""
+
+    notifications: bool = _opt(
+        True, "desktop notifications for failures (typing failed, text left on the clipboard, no microphone)"
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StreamingConfig:
     """The streaming recognizer: partial results, commits and decoder memory."""
 
@@ -354,6 +364,7 @@ class AppConfig:
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
     hotkeys: HotkeysConfig = field(default_factory=HotkeysConfig)
     typing: TypingConfig = field(default_factory=TypingConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)

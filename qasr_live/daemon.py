@@ -52,6 +52,7 @@ from qasr_live.engine.model_dir import ModelDir
 from qasr_live.engine.worker import EncoderWorker
 from qasr_live.errors import HotkeysUnavailable, ProtocolError, QasrError
 from qasr_live.events import ControlAction, EndReason, RecordMode, UtteranceEndEvent
+from qasr_live.notifications import Notifier
 from qasr_live.outputs.delivery import Delivery, rules_for
 from qasr_live.outputs.journal import Journal, default_journal_path
 from qasr_live.outputs.typing import Typist
@@ -109,7 +110,8 @@ class Daemon:
             journal = Journal(self.cfg.journal.path or default_journal_path()) if self.cfg.journal.enabled else None
             typist = Typist(self.cfg.typing) if self.cfg.typing.enabled else None
             rules = rules_for(self.cfg.typing, self.cfg.recognition.language)
-            self._delivery = delivery = Delivery(self._hub, journal, typist, rules)
+            notifier = Notifier(enabled=self.cfg.feedback.notifications)
+            self._delivery = delivery = Delivery(self._hub, journal, typist, rules, notifier)
             stack.callback(delivery.close)
             if self.cfg.websocket.enabled:
                 self._server = self._websocket_server()

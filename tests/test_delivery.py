@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 from qasr_live.config import TypingConfig
 from qasr_live.events import CommitEvent, OutputBackend, OutputEvent
@@ -139,3 +140,38 @@ def test_rules_commands_punctuation_replacements_and_hold_back() -> None:
     assert german.end("f") == Release("")
     off = rules_for(TypingConfig(voice_commands=False, punctuation_words="off"), None)
     assert off.feed("g", "new line comma") == Release("new line comma")
+
+
+def test_a_failed_typing_notifies_the_user_and_says_where_the_text_is() -> None:
+    class FailingTypist(FakeTypist):
+        def type_commit(self, utterance_id: str, text: str, *, newlines: bool = False, scratch: bool = False) -> Any:
+            attempts = (
+                Attempt(OutputBackend.WTYPE, False, "wtype: virtual keyboard protocol not supported", text, "", 0.0),
+                Attempt(OutputBackend.CLIPBOARD, False, "clipboard: the text is on the clipboard, ...", text, "", 0.0),
+            )
+            return OutputResult(OutputBackend.CLIPBOARD, False, "both failed", text, attempts)
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, str]] = []
+
+        def notify(self, summary: str, body: str = "", *, urgency: str = "normal") -> str:
+            self.calls.append((summary, body))
+            return "dbus"
+
+    bus, notifier = FakeBus(), Recorder()
+
+    async def main() -> None:
+        delivery = Delivery(bus, None, FailingTypist(), None, notifier)  # type: ignore[arg-type]
+        delivery.commit(CommitEvent(utterance_id="u1", idx=0, text="hello"), 0, 1)
+        delivery.type("u1", "hello")
+        await asyncio.wait_for(delivery.drain(), 5.0)
+        delivery.close()
+
+    asyncio.run(main())
+    assert notifier.calls == [
+        (
+            "Dictated text is on the clipboard",
+            "Press Ctrl+V to paste it (no typing route worked: wtype: virtual keyboard protocol not supported)",
+        )
+    ]

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "qasr_live"
 FLOORS: list[set[str]] = [
     {"errors"},
     {"schema"},
-    {"config", "events", "runtime", "desktop", "service"},
+    {"config", "events", "runtime", "desktop", "service", "notifications"},
     {"config_file"},
     {"audio"},
     {"engine"},

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from qasr_live.bus import EventHub
 from qasr_live.config import TypingConfig
 from qasr_live.events import CommitEvent, OutputEvent
+from qasr_live.notifications import Notifier
 from qasr_live.outputs.journal import Journal
 from qasr_live.outputs.typing import OutputResult, Typist
 from qasr_live.outputs.typing.rules import Release, TextRules
@@ -43,12 +44,18 @@ class Delivery:
     """Owns the journal and the typist for a running daemon (either may be off in config.yaml)."""
 
     def __init__(
-        self, bus: EventHub, journal: Journal | None, typist: Typist | None, rules: TextRules | None = None
+        self,
+        bus: EventHub,
+        journal: Journal | None,
+        typist: Typist | None,
+        rules: TextRules | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self._bus = bus
         self._journal = journal
         self._typist = typist
         self.rules = rules or rules_for(TypingConfig(), None)
+        self._notifier = notifier
         self._typing_thread = ThreadPoolExecutor(1, thread_name_prefix="qasr-typing") if typist else None
         self._typing: set[asyncio.Future[None]] = set()
         self._released: dict[str, deque[Release]] = {}  # per utterance: what each commit let out, until typed
@@ -124,12 +131,24 @@ class Delivery:
         result = await loop.run_in_executor(self._typing_thread, run)
         if not result.ok:
             _LOGGER.error("typing failed: %s", result.error)
+            if self._notifier is not None:
+                await loop.run_in_executor(None, self._notify_failure, result)
         for a in result.attempts:
             self._bus.publish(
                 OutputEvent(
                     utterance_id=utterance_id, backend=a.backend, ok=a.ok, text=a.delivered or a.text, error=a.error
                 )
             )
+
+    def _notify_failure(self, result: OutputResult) -> None:
+        assert self._notifier is not None
+        last = result.attempts[-1] if result.attempts else None
+        if last is not None and last.error and "on the clipboard" in last.error:
+            first = result.attempts[0].error if len(result.attempts) > 1 else None
+            why = f" (no typing route worked: {first})" if first else ""
+            self._notifier.notify("Dictated text is on the clipboard", f"Press Ctrl+V to paste it{why}")
+        else:
+            self._notifier.notify("Typing failed", result.error or "", urgency="critical")
 
     async def drain(self) -> None:
         """Wait until everything queued is typed."""
