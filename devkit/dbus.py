@@ -24,7 +24,7 @@ from typing import Any
 
 from devkit.desktop import _die_with_parent, require
 
-__all__ = ["DBusFailure", "FakeNotifications", "Service", "SessionBus"]
+__all__ = ["DBusFailure", "FakeNotifications", "FakeRemoteDesktop", "Service", "SessionBus"]
 
 
 class SessionBus:
@@ -81,7 +81,9 @@ class DBusFailure(Exception):
         self.name = name
 
 
-Handler = Callable[[Any], tuple[str, tuple[Any, ...]]]
+# A handler answers (signature, body), or (signature, body, after): ``after()`` runs once the reply is sent (a
+# portal's Response signal must come after the request's handle).
+Handler = Callable[[Any], tuple[Any, ...]]
 
 
 class Service:
@@ -132,11 +134,13 @@ class Service:
             try:
                 if handler is None:
                     raise DBusFailure("org.freedesktop.DBus.Error.UnknownMethod", f"no {interface}.{member}")
-                sig, body = handler(msg)
+                sig, body, *after = handler(msg)
                 reply = new_method_return(msg, sig, body)
             except DBusFailure as e:
-                reply = new_error(msg, e.name, "s", (str(e),))
+                reply, after = new_error(msg, e.name, "s", (str(e),)), []
             self.send(reply)
+            for fn in after:
+                fn()
 
     def send(self, msg: Any) -> None:
         with self._send_lock:
@@ -171,3 +175,101 @@ class FakeNotifications(Service):
             return "u", (sum(1 for c in self.calls if c[1] == "Notify"),)
 
         return {("org.freedesktop.Notifications", "Notify"): notify}
+
+
+class FakeRemoteDesktop(Service):
+    """``org.freedesktop.portal.Desktop`` with the RemoteDesktop interface, as xdg-desktop-portal-gnome/-kde
+    speak it: requests answered by a ``Request.Response`` signal, a consent "dialog" at ``Start`` unless the
+    restore token of an earlier grant is given, keysyms recorded.
+
+    ``consent``: ``"grant"`` or ``"refuse"`` (the user's answer to the dialog). ``dialogs``: how many times it
+    was shown. ``keys``: ``(keysym, state)`` in order. ``valid_tokens``: tokens handed out.
+    """
+
+    bus_name = "org.freedesktop.portal.Desktop"
+    _IFACE = "org.freedesktop.portal.RemoteDesktop"
+
+    def __init__(self, address: str, consent: str = "grant"):
+        super().__init__(address)
+        self.consent = consent
+        self.dialogs = 0
+        self.keys: list[tuple[int, int]] = []
+        self.valid_tokens: list[str] = []
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.closed: list[str] = []
+
+    def typed(self) -> str:
+        """The text the pressed keysyms spell (Return as a line break, BackSpace deleting)."""
+        out: list[str] = []
+        for sym, state in self.keys:
+            if state != 1:
+                continue
+            if sym == 0xFF0D:
+                out.append("\n")
+            elif sym == 0xFF08:
+                if out:
+                    out.pop()
+            else:
+                out.append(chr(sym - 0x01000000 if sym >= 0x01000000 else sym))
+        return "".join(out)
+
+    def _respond(self, msg: Any, token: str, response: int, results: dict[str, Any]) -> tuple[Any, ...]:
+        from jeepney import HeaderFields
+
+        sender = msg.header.fields[HeaderFields.sender].lstrip(":").replace(".", "_")
+        path = f"/org/freedesktop/portal/desktop/request/{sender}/{token}"
+
+        def respond() -> None:
+            self.emit(path, "org.freedesktop.portal.Request", "Response", "ua{sv}", (response, results))
+
+        return "o", (path,), respond
+
+    def handlers(self) -> dict[tuple[str, str], Handler]:
+        def create(msg: Any) -> tuple[Any, ...]:
+            (options,) = msg.body
+            handle = f"/org/freedesktop/portal/desktop/session/s{len(self.sessions) + 1}"
+            self.sessions[handle] = {"started": False}
+            return self._respond(msg, options["handle_token"][1], 0, {"session_handle": ("s", handle)})
+
+        def select(msg: Any) -> tuple[Any, ...]:
+            session, options = msg.body
+            if session not in self.sessions:
+                raise DBusFailure("org.freedesktop.DBus.Error.AccessDenied", "invalid session")
+            self.sessions[session]["options"] = {k: v[1] for k, v in options.items()}
+            return self._respond(msg, options["handle_token"][1], 0, {})
+
+        def start(msg: Any) -> tuple[Any, ...]:
+            session, _parent, options = msg.body
+            chosen = self.sessions[session].get("options", {})
+            if chosen.get("restore_token") not in self.valid_tokens:
+                self.dialogs += 1  # the user is asked
+                if self.consent != "grant":
+                    return self._respond(msg, options["handle_token"][1], 1, {})
+            token = f"token-{len(self.valid_tokens) + 1}"
+            self.valid_tokens.append(token)
+            self.sessions[session]["started"] = True
+            results = {"devices": ("u", chosen.get("types", 7)), "restore_token": ("s", token)}
+            return self._respond(msg, options["handle_token"][1], 0, results)
+
+        def keysym(msg: Any) -> tuple[Any, ...]:
+            session, _options, sym, state = msg.body
+            if not self.sessions.get(session, {}).get("started"):
+                raise DBusFailure("org.freedesktop.DBus.Error.AccessDenied", "session not started")
+            self.keys.append((sym, state))
+            return "", ()
+
+        def close(msg: Any) -> tuple[Any, ...]:
+            from jeepney import HeaderFields
+
+            path = msg.header.fields[HeaderFields.path]
+            self.sessions.pop(path, None)
+            self.closed.append(path)
+            return "", ()
+
+        return {
+            (self._IFACE, "CreateSession"): create,
+            (self._IFACE, "SelectDevices"): select,
+            (self._IFACE, "Start"): start,
+            (self._IFACE, "NotifyKeyboardKeysym"): keysym,
+            ("org.freedesktop.portal.Session", "Close"): close,
+        }

@@ -248,8 +248,9 @@ class TypingConfig:
     enabled: bool = _opt(True, "type committed text into the focused window")
     backend: str = _opt(
         "auto",
-        "auto = chosen from the session type (X11: XTest, macOS: pynput, Wayland: wtype, else clipboard paste)",
-        choices=("auto", "pynput", "wtype", "clipboard"),
+        "auto = chosen from the session (X11: XTest, macOS: pynput, GNOME/KDE Wayland: the RemoteDesktop portal, "
+        "other Wayland: wtype; the clipboard paste last)",
+        choices=("auto", "pynput", "wtype", "portal", "clipboard"),
     )
     separator: str = _opt(" ", "typed between two utterances")
     char_delay_ms: float = _opt(0.0, "pause between typed characters (slow applications)", minimum=0, maximum=100)

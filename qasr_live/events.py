@@ -162,6 +162,7 @@ class OutputBackend(enum.StrEnum):
 
     PYNPUT = "pynput"
     WTYPE = "wtype"
+    PORTAL = "portal"  # the XDG RemoteDesktop portal (GNOME, KDE); protocol 2
     CLIPBOARD = "clipboard"
     NONE = "none"
 

@@ -78,6 +78,9 @@ def test_session_detection_and_backend_chains():
 
     assert backend_chain("auto", x11) == ["pynput", "clipboard"]
     assert backend_chain("auto", wl) == ["wtype", "clipboard"]  # never pynput: it only reaches XWayland windows
+    for desktop in ("GNOME", "ubuntu:GNOME", "KDE"):  # no virtual keyboard there: the RemoteDesktop portal
+        gnome = detect_session({"WAYLAND_DISPLAY": "wayland-0", "XDG_CURRENT_DESKTOP": desktop}, platform="linux")
+        assert backend_chain("auto", gnome) == ["portal", "clipboard"]
     assert backend_chain("auto", detect_session({}, platform="darwin")) == ["pynput", "clipboard"]
     assert backend_chain("auto", detect_session({}, platform="linux")) == ["clipboard"]
     assert backend_chain("wtype", x11) == ["wtype", "clipboard"]
@@ -125,8 +128,9 @@ def _fake_tool(bin_dir: Path, name: str, body: str) -> None:
 
 
 def test_wayland_without_virtual_keyboard_keeps_text_on_clipboard(tmp_path):
-    """GNOME/KDE: wtype is refused by the compositor; the clipboard copy works but the paste (wtype too) does
-    not — reported as a failure that tells the user the text is on the clipboard. (Fake tools: no GNOME or KDE
+    """GNOME/KDE without the RemoteDesktop portal (no session bus here): the clipboard copy works but the paste
+    (wtype, refused by the compositor) does not — reported as a failure that tells the user the text is on the
+    clipboard. (Fake tools: no GNOME or KDE
     compositor can run here; wtype itself is tested for real in a headless sway, tests/test_wayland.py.)"""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -136,10 +140,9 @@ def test_wayland_without_virtual_keyboard_keeps_text_on_clipboard(tmp_path):
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "WAYLAND_DISPLAY": "wayland-7", "XDG_CURRENT_DESKTOP": "GNOME"}
     result = Typist(TypingConfig(modifier_timeout_s=0), env=env, platform="linux").type_text("Grüße")
     assert not result.ok
-    assert [a.backend for a in result.attempts] == ["wtype", "clipboard"]
-    assert (
-        "wtype failed (exit 1): Compositor does not support the virtual keyboard protocol" in result.attempts[0].error
-    )
+    assert [a.backend for a in result.attempts] == ["portal", "clipboard"]
+    assert "no D-Bus session bus" in result.attempts[0].error
+    assert "Compositor does not support the virtual keyboard protocol" in result.attempts[1].error
     assert "the text is on the clipboard" in result.attempts[1].error
     assert "press Ctrl+V" in result.attempts[1].error
     assert (tmp_path / "clipboard").read_text() == "Grüße"

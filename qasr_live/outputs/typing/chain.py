@@ -53,6 +53,7 @@ import time
 from collections.abc import Collection, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from qasr_live.config import TypingConfig
@@ -67,6 +68,7 @@ from qasr_live.outputs.typing.clipboard import (
     wayland_selection_empty,
 )
 from qasr_live.outputs.typing.clipboard import wait as clipboard_wait
+from qasr_live.outputs.typing.portal import PortalKeyboard
 from qasr_live.outputs.typing.sanitize import sanitize
 from qasr_live.outputs.typing.tools import (
     clipboard_commands,
@@ -84,7 +86,19 @@ __all__ = ["BACKENDS", "MODIFIERS", "Attempt", "HotkeyState", "OutputResult", "T
 log = logging.getLogger(__name__)
 
 #: The backends that can deliver text (``OutputBackend.NONE`` is what a result says when nothing was typed).
-BACKENDS: tuple[OutputBackend, ...] = (OutputBackend.PYNPUT, OutputBackend.WTYPE, OutputBackend.CLIPBOARD)
+BACKENDS: tuple[OutputBackend, ...] = (
+    OutputBackend.PYNPUT,
+    OutputBackend.WTYPE,
+    OutputBackend.PORTAL,
+    OutputBackend.CLIPBOARD,
+)
+
+
+def _portal_desktop(session: Session) -> bool:
+    """GNOME and KDE: no virtual-keyboard protocol (wtype cannot work), the RemoteDesktop portal instead."""
+    names = {part.strip().lower() for part in session.desktop.split(":")}
+    return bool(names & {"gnome", "kde"})  # (Ubuntu: "ubuntu:GNOME")
+
 
 #: Generic modifier names, as the hotkey listener reports them.
 MODIFIERS: tuple[str, ...] = ("ctrl", "alt", "shift", "cmd", "alt_gr")
@@ -100,7 +114,8 @@ def backend_chain(configured: str, session: Session) -> list[OutputBackend]:
     if session.kind in (SessionKind.X11, SessionKind.MACOS):
         return [OutputBackend.PYNPUT, OutputBackend.CLIPBOARD]
     if session.kind == SessionKind.WAYLAND:
-        return [OutputBackend.WTYPE, OutputBackend.CLIPBOARD]
+        first = OutputBackend.PORTAL if _portal_desktop(session) else OutputBackend.WTYPE
+        return [first, OutputBackend.CLIPBOARD]
     return [OutputBackend.CLIPBOARD]
 
 
@@ -171,6 +186,7 @@ class Typist:
         env: Mapping[str, str] | None = None,
         clipboard_restore_s: float = 1.0,
         platform: str | None = None,
+        portal_token_path: Path | None = None,
     ):
         self.config = config or TypingConfig()
         self._hotkeys = hotkeys
@@ -184,6 +200,8 @@ class Typist:
         self._saved_clipboard: tuple[str, str | None] | None = None  # (our text, previous text)
         self._last_utterance: str | None = None
         self._typed_any = False
+        self._portal: PortalKeyboard | None = None  # GNOME/KDE: the RemoteDesktop portal session
+        self._portal_token_path = portal_token_path
         self._owners: dict[str, XClipboardOwner] = {}  # X11: this process's clipboard, by display
         self._typed_len: dict[str, int] = {}  # characters typed per recent utterance (for "scratch that")
 
@@ -241,12 +259,18 @@ class Typist:
         target = utterance_id if self._typed_len.get(utterance_id) else next(reversed(self._typed_len), None)
         count = self._typed_len.pop(target, 0) if target is not None else 0
         session = self.session()
-        backend = OutputBackend.WTYPE if session.kind == SessionKind.WAYLAND else OutputBackend.PYNPUT
+        portal = session.kind == SessionKind.WAYLAND and (
+            self.config.backend == "portal" or (self.config.backend == "auto" and _portal_desktop(session))
+        )
+        wayland = OutputBackend.PORTAL if portal else OutputBackend.WTYPE
+        backend = wayland if session.kind == SessionKind.WAYLAND else OutputBackend.PYNPUT
         started = time.monotonic()
         if count == 0:
             return Attempt(backend, True, None, "", "", 0.0)
         try:
-            if session.kind == SessionKind.WAYLAND:
+            if portal:
+                self._portal_keyboard(session).press_keys([0xFF08] * count)  # XK_BackSpace
+            elif session.kind == SessionKind.WAYLAND:
                 type_keys(["BackSpace"] * count, session)
             elif session.kind == SessionKind.X11 and session.display:
                 kb = self._xkb(session.display)
@@ -328,11 +352,14 @@ class Typist:
                 self._restore_clipboard()
             keyboards, self._x = self._x, {}
             owners, self._owners = self._owners, {}
+            portal, self._portal = self._portal, None
             self._mac_controller = None
         for kb in keyboards.values():
             kb.close()
         for owner in owners.values():
             owner.close()
+        if portal is not None:
+            portal.close()
 
     def __enter__(self) -> Typist:
         return self
@@ -391,8 +418,19 @@ class Typist:
             self._type_pynput(text, session)
         elif backend == OutputBackend.WTYPE:
             type_with_wtype(text, session, self.config.char_delay_ms)
+        elif backend == OutputBackend.PORTAL:
+            self._portal_keyboard(session).type(text)
         else:
             self._paste_clipboard(text, session)
+
+    def _portal_keyboard(self, session: Session) -> PortalKeyboard:
+        if session.kind != SessionKind.WAYLAND:
+            raise TypingBackendError(
+                f"the RemoteDesktop portal types into Wayland sessions; this is {session.describe()}"
+            )
+        if self._portal is None:
+            self._portal = PortalKeyboard(session.env, token_path=self._portal_token_path)
+        return self._portal
 
     def _xkb(self, display: str) -> XKeyboard:
         """The XTest keyboard of ``display``, (re)connected as needed (``TypingBackendError`` names the display)."""
