@@ -286,6 +286,13 @@ class FeedbackConfig:
     notifications: bool = _opt(
         True, "desktop notifications for failures (typing failed, text left on the clipboard, no microphone)"
     )
+    sounds: bool = _opt(False, "a short sound when recording starts and stops (through the default output)")
+    duck_volume: float = _opt(
+        1.0,
+        "while recording, other applications' playback is turned down to this fraction (PulseAudio/PipeWire); 1 = off",
+        minimum=0,
+        maximum=1,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from qasr_live import __version__
+from qasr_live.audio.cues import Cues
 from qasr_live.audio.pcm import SAMPLE_RATE
 from qasr_live.audio.source import AudioSource
 from qasr_live.audio.sources import open_source
@@ -51,7 +52,7 @@ from qasr_live.engine.generation import AnswerLength
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.engine.worker import EncoderWorker
 from qasr_live.errors import HotkeysUnavailable, ProtocolError, QasrError
-from qasr_live.events import ControlAction, EndReason, RecordMode, UtteranceEndEvent
+from qasr_live.events import ControlAction, DictationState, EndReason, RecordMode, StateEvent, UtteranceEndEvent
 from qasr_live.notifications import Notifier
 from qasr_live.outputs.delivery import Delivery, rules_for
 from qasr_live.outputs.journal import Journal, default_journal_path
@@ -91,6 +92,7 @@ class Daemon:
         self._encoder: EncoderWorker | None = None
         self._recognizer: StreamingRecognizer | None = None
         self._delivery: Delivery | None = None
+        self._cues: Cues | None = None  # start/stop sounds, ducking (feedback section)
         self._server: WebSocketServer | None = None
         self._jobs: set[asyncio.Future[Any]] = set()  # queued or running on the recognizer thread
         self._timers: set[asyncio.TimerHandle] = set()
@@ -113,6 +115,9 @@ class Daemon:
             notifier = Notifier(enabled=self.cfg.feedback.notifications)
             self._delivery = delivery = Delivery(self._hub, journal, typist, rules, notifier)
             stack.callback(delivery.close)
+            feedback = self.cfg.feedback
+            self._cues = cues = Cues(feedback.sounds, feedback.duck_volume)
+            stack.callback(cues.close)
             if self.cfg.websocket.enabled:
                 self._server = self._websocket_server()
                 stack.push_async_callback(self._server.stop)
@@ -249,6 +254,8 @@ class Daemon:
                     uid, cancelled = effect.event.utterance_id, effect.event.reason == EndReason.CANCELLED
                     self._delivery.end(uid, type_it=not cancelled)
                 self._hub.publish(effect.event)
+                if isinstance(effect.event, StateEvent) and self._cues is not None:
+                    self._cues.recording(effect.event.state == DictationState.RECORDING)
             elif isinstance(effect, Deliver):
                 assert self._delivery is not None
                 self._delivery.commit(effect.event, effect.audio_start, effect.audio_end)
