@@ -263,6 +263,12 @@ class TypingConfig:
         minimum=0.1,
         maximum=30,
     )
+    focus_changed: str = _opt(
+        "clipboard",
+        "X11: the window focused when dictation started lost the focus before the text came: type = type anyway, "
+        "hold = do not type (the journal keeps it), clipboard = put it on the clipboard; both notify",
+        choices=("type", "hold", "clipboard"),
+    )
     voice_commands: bool = _opt(
         True, 'spoken "new line", "new paragraph", "scratch that" act instead of being typed (per language)'
     )

@@ -52,7 +52,15 @@ from qasr_live.engine.generation import AnswerLength
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.engine.worker import EncoderWorker
 from qasr_live.errors import HotkeysUnavailable, ProtocolError, QasrError
-from qasr_live.events import ControlAction, DictationState, EndReason, RecordMode, StateEvent, UtteranceEndEvent
+from qasr_live.events import (
+    ControlAction,
+    DictationState,
+    EndReason,
+    RecordMode,
+    StateEvent,
+    UtteranceEndEvent,
+    UtteranceStartEvent,
+)
 from qasr_live.notifications import Notifier
 from qasr_live.outputs.delivery import Delivery, rules_for
 from qasr_live.outputs.journal import Journal, default_journal_path
@@ -253,6 +261,8 @@ class Daemon:
                     # what the text rules held back (a possible command's first word) goes out before the end
                     uid, cancelled = effect.event.utterance_id, effect.event.reason == EndReason.CANCELLED
                     self._delivery.end(uid, type_it=not cancelled)
+                if isinstance(effect.event, UtteranceStartEvent) and self._delivery is not None:
+                    self._delivery.start(effect.event.utterance_id)
                 self._hub.publish(effect.event)
                 if isinstance(effect.event, StateEvent) and self._cues is not None:
                     self._cues.recording(effect.event.state == DictationState.RECORDING)

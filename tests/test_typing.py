@@ -362,3 +362,35 @@ def test_pynput_on_a_dead_display_falls_back_and_says_why(desktop, window):
     assert "pynput: cannot connect to X display ':4242'" in result.attempts[0].error
     assert result.attempts[1].backend == "clipboard"
     assert "clipboard: cannot connect to X display ':4242'" in result.attempts[1].error
+
+
+def test_focus_moved_since_dictation_started_applies_the_policy(desktop, window):
+    """X11: the window focused when the utterance started is remembered; when another window has the focus at
+    typing time, typing.focus_changed decides: type there anyway, hold (not typed), or the clipboard."""
+    x, _ = desktop
+    with TkTextWindow(x.display, title="another window") as other:
+        for policy in ("type", "hold", "clipboard"):
+            window.clear()
+            other.clear()
+            window.focus()
+            clipboard_set(x.display, "before")
+            with typist(x, focus_changed=policy) as t:
+                t.mark_target("u1")
+                same = t.type_commit("u1", "same window")
+                assert same.ok and window.wait_text("same window") == "same window"
+                t.mark_target("u2")
+                other.focus()  # the user clicked elsewhere while speaking
+                moved = t.type_commit("u2", "moved")
+            if policy == "type":
+                assert moved.ok
+                assert other.wait_text(" moved") == " moved"  # the separator goes with it
+            else:
+                assert not moved.ok and "the focus moved" in (moved.error or "")
+                time.sleep(0.3)
+                assert other.text() == "" and window.text() == "same window"
+                if policy == "hold":
+                    assert "not typed (typing.focus_changed: hold)" in (moved.error or "")
+                    assert clipboard_get(x.display) == "before"
+                else:
+                    assert "on the clipboard: press Ctrl+V" in (moved.error or "")
+                    assert clipboard_get(x.display) == " moved"  # with the separator, as it would be typed

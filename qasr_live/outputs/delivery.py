@@ -61,6 +61,15 @@ class Delivery:
         self._released: dict[str, deque[Release]] = {}  # per utterance: what each commit let out, until typed
         self._next: dict[str, tuple[int, float, float]] = {}  # per utterance: next idx, its audio span
 
+    def start(self, utterance_id: str) -> None:
+        """Dictation of an utterance starts: the typist remembers the focused window (on the typing thread, in
+        order with the typing of earlier utterances)."""
+        if self._typist is None or self._typing_thread is None:
+            return
+        future = asyncio.get_running_loop().run_in_executor(self._typing_thread, self._typist.mark_target, utterance_id)
+        self._typing.add(future)
+        future.add_done_callback(self._typing_done)
+
     def commit(self, event: CommitEvent, audio_start: float, audio_end: float) -> None:
         """Apply the text rules, journal, then publish: a subscriber never sees a commit that a crash could lose."""
         release = self.rules.feed(event.utterance_id, event.text)

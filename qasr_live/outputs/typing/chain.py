@@ -203,6 +203,7 @@ class Typist:
         self._portal: PortalKeyboard | None = None  # GNOME/KDE: the RemoteDesktop portal session
         self._portal_token_path = portal_token_path
         self._owners: dict[str, XClipboardOwner] = {}  # X11: this process's clipboard, by display
+        self._targets: dict[str, int] = {}  # X11: the window focused when each recent utterance started
         self._typed_len: dict[str, int] = {}  # characters typed per recent utterance (for "scratch that")
 
     # -- public -------------------------------------------------------------------------------------
@@ -240,7 +241,8 @@ class Typist:
                 clean = sanitize(self.config.separator, newlines=True) + clean
             if clean:  # (a bare "scratch that" types nothing: the utterance's first text still gets the separator)
                 self._last_utterance = utterance_id
-            result = self.type_text(clean, newlines=True)
+            held = self._focus_moved(utterance_id, clean) if clean and not deleted else None
+            result = held or self.type_text(clean, newlines=True)
             delivered = sum(len(a.delivered) for a in result.attempts)
             if delivered:
                 self._typed_len[utterance_id] = self._typed_len.get(utterance_id, 0) + delivered
@@ -253,6 +255,51 @@ class Typist:
             error = "; ".join(a.error for a in attempts if a.error) or None
             backend = result.backend if result.attempts else deleted[0].backend
             return dataclasses.replace(result, backend=backend, ok=ok, error=error, attempts=attempts)
+
+    def mark_target(self, utterance_id: str) -> None:
+        """Dictation of ``utterance_id`` starts: remember the focused window (X11 only; elsewhere unknowable)."""
+        with self._lock:
+            session = self.session()
+            if session.kind != SessionKind.X11 or not session.display:
+                return
+            try:
+                self._targets[utterance_id] = self._xkb(session.display).focused_window()
+            except TypingBackendError as e:
+                log.warning("typing: cannot read the focused window: %s", e)
+                return
+            while len(self._targets) > 8:
+                del self._targets[next(iter(self._targets))]
+
+    def _focus_moved(self, utterance_id: str, text: str) -> OutputResult | None:
+        """The result when the focus left the utterance's window and ``typing.focus_changed`` says not to type."""
+        target = self._targets.get(utterance_id)
+        session = self.session()
+        if target is None or session.kind != SessionKind.X11 or not session.display:
+            return None
+        try:
+            now = self._xkb(session.display).focused_window()
+        except TypingBackendError:
+            return None  # the typing attempt reports the display problem itself
+        if now == target:
+            return None
+        policy = self.config.focus_changed
+        moved = f"the focus moved from window {target:#x} to {now:#x} since dictation started"
+        if policy == "type":
+            log.info("typing: %s: typing there anyway (typing.focus_changed: type)", moved)
+            return None
+        if policy == "hold":
+            error = f"{moved}: not typed (typing.focus_changed: hold); the text is in the journal (qasr-live history)"
+            attempt = Attempt(OutputBackend.NONE, False, error, text, "", 0.0)
+            return OutputResult(OutputBackend.NONE, False, error, text, (attempt,), session.describe())
+        started = time.monotonic()
+        try:
+            write_clipboard(text, session)
+        except TypingBackendError as e:
+            error = f"{moved}: not typed, and putting it on the clipboard failed ({e}); it is in the journal"
+        else:
+            error = f"{moved}: not typed; the text is on the clipboard: press Ctrl+V where it should go"
+        attempt = Attempt(OutputBackend.CLIPBOARD, False, error, text, "", time.monotonic() - started)
+        return OutputResult(OutputBackend.CLIPBOARD, False, error, text, (attempt,), session.describe())
 
     def _scratch(self, utterance_id: str) -> Attempt:
         """Delete what was typed of ``utterance_id`` (else of the utterance typed last) with BackSpace."""

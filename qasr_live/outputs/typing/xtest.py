@@ -272,6 +272,23 @@ class XKeyboard:
                     held.setdefault(mod, []).append(code)
         return held
 
+    def focused_window(self) -> int:
+        """The top-level window that has the keyboard focus (0: none, 1: PointerRoot)."""
+
+        def run() -> int:
+            focus = self._d.get_input_focus().focus
+            if isinstance(focus, int):
+                return focus
+            root = self._d.screen().root.id
+            window = focus
+            while True:  # the focus is often a child (a text widget): compare the application's top level
+                parent = window.query_tree().parent
+                if not parent or isinstance(parent, int) or parent.id == root:
+                    return int(window.id)
+                window = parent
+
+        return int(self._call("reading the focused window", run))
+
     def release(self, keycodes: Iterable[int]) -> None:
         """Release keys (what ``xdotool --clearmodifiers`` does for held modifiers)."""
         self._press_or_release(False, list(keycodes))
