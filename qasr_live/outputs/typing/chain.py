@@ -4,8 +4,8 @@ The daemon calls :meth:`Typist.type_text` (or :meth:`Typist.type_commit`, which 
 between utterances) from a worker thread, with **committed text only**: typed text is never revised
 (append-only). Each call:
 
-1. **sanitises** the text (:func:`~qasr_live.outputs.typing.sanitize.sanitize`: no Enter, no Tab, no invisible
-   controls);
+1. **sanitises** the text (:func:`~qasr_live.outputs.typing.sanitize.sanitize`: no Tab, no invisible controls,
+   no Enter unless asked for: ``newlines=True`` for the voice commands' line breaks and ``typing.separator``);
 2. **waits until the hotkey's modifiers are released** (up to ``typing.modifier_timeout_s``), so a Ctrl or Alt
    still held after (or during) push-to-talk does not turn letters into shortcuts. Two sources say what is held:
    the hotkey listener (``hotkeys=``, :class:`HotkeyState`: it saw every key event) and, in an X11 session, the
@@ -14,29 +14,22 @@ between utterances) from a worker thread, with **committed text only**: typed te
    after it (what ``xdotool --clearmodifiers`` does), inside the listener's ``synthetic_input()`` block so a
    push-to-talk still held goes on; elsewhere typing goes on and the result's ``notes`` say so;
 3. **chooses the backends at output time** from the session (:func:`~qasr_live.desktop.detect_session`) and tries
-   them in order until one succeeds (:func:`backend_chain`):
+   them in order until one succeeds (:func:`backend_chain`): X11 and macOS: pynput → clipboard; GNOME/KDE
+   Wayland (``XDG_CURRENT_DESKTOP``): the RemoteDesktop portal → clipboard; other Wayland (wlroots): wtype →
+   clipboard (pynput would only reach XWayland windows); no session: clipboard (fails, "no graphical
+   session"). An explicit ``typing.backend`` is tried first and the clipboard after it. A backend that fails
+   part-way reports how far it got, and the next one gets only the rest, so nothing is typed twice.
 
-   ==========  ==============================================
-   session     ``typing.backend: auto``
-   ==========  ==============================================
-   X11         pynput → clipboard
-   macOS       pynput → clipboard
-   Wayland     wtype → clipboard  (pynput would only reach XWayland windows, so it is never chosen there)
-   none        clipboard (fails with "no graphical session")
-   ==========  ==============================================
-
-   An explicit ``typing.backend`` is tried first and the clipboard after it. If a backend fails part-way
-   (the ``pynput`` backend types character by character and knows how far it got), the next one gets only the
-   rest, so nothing is typed twice.
+Also: ``type_commit(..., scratch=True)`` deletes (BackSpace) what was typed of the utterance, or of the previous
+one ("scratch that"); on X11 :meth:`Typist.mark_target` remembers the window focused when an utterance starts
+and ``typing.focus_changed`` decides what happens when another one has the focus when its text comes.
 
 Backends (named as in ``typing.backend`` and the ``output`` events, :class:`~qasr_live.events.OutputBackend`):
-
-* **pynput**: in-process key events. On macOS pynput's keyboard controller (Unicode key events), imported on first
-  use, never at module import; on X11 :class:`~qasr_live.outputs.typing.xtest.XKeyboard` (XTest).
-* **wtype** and **clipboard**: command-line tools (:mod:`qasr_live.outputs.typing.tools`). The previous clipboard
-  text is put back ``clipboard_restore_s`` later, unless the clipboard changed meanwhile (a clipboard that held no
-  text, e.g. an image, is not restored). If copying worked but pasting did not, the attempt fails with "text is on
-  the clipboard: press Ctrl+V" and the clipboard is not restored.
+**pynput** (macOS: pynput's controller; X11: :class:`~qasr_live.outputs.typing.xtest.XKeyboard`), **wtype**
+(:mod:`~qasr_live.outputs.typing.tools`), **portal** (:mod:`~qasr_live.outputs.typing.portal`), **clipboard**
+(:mod:`~qasr_live.outputs.typing.clipboard`: the user's clipboard saved, every type, and put back once the
+window took the paste; if copying worked but pasting did not, the attempt fails with "text is on the clipboard:
+press Ctrl+V").
 
 **Failure is never silent**: :class:`OutputResult` lists every :class:`Attempt` (backend, ok, error, what it
 delivered, time), and the daemon publishes one ``output`` event per attempt.
@@ -46,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import sys
 import threading
@@ -60,21 +54,13 @@ from qasr_live.config import TypingConfig
 from qasr_live.desktop import Session, SessionKind, detect_session
 from qasr_live.errors import TypingBackendError
 from qasr_live.events import OutputBackend
-from qasr_live.outputs.typing.clipboard import (
-    XClipboardOwner,
-    restore_wayland,
-    snapshot,
-    text_types,
-    wayland_selection_empty,
-)
-from qasr_live.outputs.typing.clipboard import wait as clipboard_wait
+from qasr_live.outputs.typing.clipboard import XClipboardOwner, paste_failed, paste_wayland, paste_x11
 from qasr_live.outputs.typing.portal import PortalKeyboard
 from qasr_live.outputs.typing.sanitize import sanitize
 from qasr_live.outputs.typing.tools import (
     clipboard_commands,
     paste_with_tool,
     read_clipboard,
-    run_tool_bytes,
     type_keys,
     type_with_wtype,
     write_clipboard,
@@ -534,58 +520,12 @@ class Typist:
         else:
             self._paste_mac(text, session)
 
-    def _paste_failed(self, session: Session, e: TypingBackendError) -> TypingBackendError:
-        keys = "Cmd+V" if session.kind == SessionKind.MACOS else "Ctrl+V"
-        return TypingBackendError(f"the text is on the clipboard, but pasting it failed ({e}): press {keys}")
-
     def _paste_x11(self, text: str, session: Session, display: str) -> None:
-        """Own the clipboard in-process: the paste is known to be taken when the window asks for the text; then
-        every saved type is served again."""
-        saved = snapshot(session)
-        owner = self._owners.get(display)
-        if owner is not None and owner.alive:
-            owner.set_types(text_types(text))  # we own it already (serving a restored clipboard): re-offer
-        else:
-            owner = self._owners[display] = XClipboardOwner(display, text_types(text))
-        try:
-            self._press_paste(session)
-        except TypingBackendError as e:
-            raise self._paste_failed(session, e) from None
-        timeout = self.config.paste_timeout_s
-        if not clipboard_wait(lambda: owner.served.is_set() or owner.lost.is_set(), timeout):
-            raise TypingBackendError(
-                f"pressed Ctrl+V, but no window took the text within {timeout:g} s (typing.paste_timeout_s): "
-                "it stays on the clipboard: press Ctrl+V where it should go"
-            )
-        time.sleep(0.05)  # a window may ask for a second type right after the first
-        if owner.lost.is_set():
-            return  # something else took the clipboard meanwhile: it is the user's now
-        if saved.types:
-            owner.set_types(saved.types)
-        else:  # the clipboard was empty: empty again
-            owner.close()
-            self._owners.pop(display, None)
-        if saved.skipped:
-            log.warning("typing: clipboard types too big to restore: %s", ", ".join(saved.skipped))
+        press = functools.partial(self._press_paste, session)
+        paste_x11(text, session, display, self._owners, press, self.config.paste_timeout_s)
 
     def _paste_wayland(self, text: str, session: Session) -> None:
-        """``wl-copy --paste-once`` gives the clipboard up after the first paste: its emptiness says the paste was
-        taken; then the saved clipboard goes back (one type: wl-copy serves one)."""
-        saved = snapshot(session)
-        run_tool_bytes(["wl-copy", "--paste-once"], session.env, input=text.encode(), timeout=5.0)
-        try:
-            self._press_paste(session)
-        except TypingBackendError as e:
-            raise self._paste_failed(session, e) from None
-        timeout = self.config.paste_timeout_s
-        if not clipboard_wait(lambda: wayland_selection_empty(session), timeout):
-            raise TypingBackendError(
-                f"pressed Ctrl+V, but no window took the text within {timeout:g} s (typing.paste_timeout_s): "
-                "it stays on the clipboard: press Ctrl+V where it should go"
-            )
-        restored = restore_wayland(saved, session)
-        if restored is not None and len(saved.types) > 1:
-            log.info("typing: clipboard restored as %s (wl-copy serves one type of %d)", restored, len(saved.types))
+        paste_wayland(text, session, functools.partial(self._press_paste, session), self.config.paste_timeout_s)
 
     def _paste_mac(self, text: str, session: Session) -> None:
         timer, self._restore = self._restore, None
@@ -599,7 +539,7 @@ class Typist:
         try:
             self._press_paste(session)
         except TypingBackendError as e:
-            raise self._paste_failed(session, e) from None
+            raise paste_failed(e, "Cmd+V") from None
         if previous is not None and previous != text and self.clipboard_restore_s >= 0:
             self._saved_clipboard = (text, previous)
             self._restore = threading.Timer(self.clipboard_restore_s, self._restore_later, args=(session,))

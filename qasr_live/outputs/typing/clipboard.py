@@ -21,6 +21,7 @@ import logging
 import select
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,17 @@ from qasr_live.desktop import Session, SessionKind, open_x_display
 from qasr_live.errors import DisplayError, TypingBackendError
 from qasr_live.outputs.typing.tools import run_tool_bytes
 
-__all__ = ["MAX_TOTAL_BYTES", "MAX_TYPE_BYTES", "Snapshot", "XClipboardOwner", "restore_wayland", "snapshot"]
+__all__ = [
+    "MAX_TOTAL_BYTES",
+    "MAX_TYPE_BYTES",
+    "Snapshot",
+    "XClipboardOwner",
+    "paste_failed",
+    "paste_wayland",
+    "paste_x11",
+    "restore_wayland",
+    "snapshot",
+]
 
 log = logging.getLogger(__name__)
 
@@ -229,3 +240,64 @@ def wait(condition: Any, timeout: float, interval: float = 0.02) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def paste_failed(e: TypingBackendError, keys: str = "Ctrl+V") -> TypingBackendError:
+    return TypingBackendError(f"the text is on the clipboard, but pasting it failed ({e}): press {keys}")
+
+
+def _not_taken(timeout: float) -> TypingBackendError:
+    return TypingBackendError(
+        f"pressed Ctrl+V, but no window took the text within {timeout:g} s (typing.paste_timeout_s): "
+        "it stays on the clipboard: press Ctrl+V where it should go"
+    )
+
+
+def paste_x11(
+    text: str,
+    session: Session,
+    display: str,
+    owners: dict[str, XClipboardOwner],
+    press: Callable[[], None],
+    timeout: float,
+) -> None:
+    """Paste ``text`` on X11 with this process owning the clipboard (``owners``: kept per display): the paste is
+    known to be taken when the window asks for the text; then every saved type is served again."""
+    saved = snapshot(session)
+    owner = owners.get(display)
+    if owner is not None and owner.alive:
+        owner.set_types(text_types(text))  # we own it already (serving a restored clipboard): re-offer
+    else:
+        owner = owners[display] = XClipboardOwner(display, text_types(text))
+    try:
+        press()
+    except TypingBackendError as e:
+        raise paste_failed(e) from None
+    if not wait(lambda: owner.served.is_set() or owner.lost.is_set(), timeout):
+        raise _not_taken(timeout)
+    time.sleep(0.05)  # a window may ask for a second type right after the first
+    if owner.lost.is_set():
+        return  # something else took the clipboard meanwhile: it is the user's now
+    if saved.types:
+        owner.set_types(saved.types)
+    else:  # the clipboard was empty: empty again
+        owner.close()
+        owners.pop(display, None)
+    if saved.skipped:
+        log.warning("typing: clipboard types too big to restore: %s", ", ".join(saved.skipped))
+
+
+def paste_wayland(text: str, session: Session, press: Callable[[], None], timeout: float) -> None:
+    """Paste ``text`` on Wayland: ``wl-copy --paste-once`` gives the clipboard up after the first paste, its
+    emptiness says the paste was taken; then the saved clipboard goes back (one type: wl-copy serves one)."""
+    saved = snapshot(session)
+    run_tool_bytes(["wl-copy", "--paste-once"], session.env, input=text.encode(), timeout=5.0)
+    try:
+        press()
+    except TypingBackendError as e:
+        raise paste_failed(e) from None
+    if not wait(lambda: wayland_selection_empty(session), timeout):
+        raise _not_taken(timeout)
+    restored = restore_wayland(saved, session)
+    if restored is not None and len(saved.types) > 1:
+        log.info("typing: clipboard restored as %s (wl-copy serves one type of %d)", restored, len(saved.types))
