@@ -266,7 +266,14 @@ class FakeRemoteDesktop(Service):
             self.closed.append(path)
             return "", ()
 
+        def get(msg: Any) -> tuple[Any, ...]:
+            interface, name = msg.body
+            if (interface, name) != (self._IFACE, "version"):
+                raise DBusFailure("org.freedesktop.DBus.Error.UnknownProperty", f"no {interface}.{name}")
+            return "v", (("u", 2),)
+
         return {
+            ("org.freedesktop.DBus.Properties", "Get"): get,
             (self._IFACE, "CreateSession"): create,
             (self._IFACE, "SelectDevices"): select,
             (self._IFACE, "Start"): start,

@@ -263,6 +263,9 @@ class TypingConfig:
         minimum=0.1,
         maximum=30,
     )
+    paste_above_chars: int = _opt(
+        4000, "a commit longer than this is pasted through the clipboard instead of typed key by key", minimum=1
+    )
     focus_changed: str = _opt(
         "clipboard",
         "X11: the window focused when dictation started lost the focus before the text came: type = type anyway, "

@@ -8,8 +8,10 @@ import pytest
 
 from devkit.dbus import FakeRemoteDesktop, SessionBus
 from qasr_live.config import TypingConfig
+from qasr_live.errors import TypingBackendError
 from qasr_live.events import OutputBackend
 from qasr_live.outputs.typing import Typist
+from qasr_live.outputs.typing.portal import probe_portal
 
 pytest.importorskip("jeepney", reason="jeepney is a runtime dependency (pip install -e .)")
 
@@ -78,3 +80,14 @@ def test_no_portal_on_the_bus_is_a_clear_error(bus, tmp_path):
         result = t.type_text("x")
     assert not result.ok
     assert "no XDG desktop portal on the session bus" in (result.attempts[0].error or "")
+
+
+def test_doctor_probe_reports_the_portal_without_asking(bus, tmp_path):
+    env = gnome_env(bus, tmp_path)
+    with pytest.raises(TypingBackendError, match="no XDG desktop portal on the session bus"):
+        probe_portal(env)
+    with FakeRemoteDesktop(bus.address) as portal:
+        line = probe_portal(env)
+        assert "RemoteDesktop portal version 2, keyboard only" in line
+        assert "asks once" in line
+        assert portal.dialogs == 0 and not portal.sessions  # nothing was started

@@ -17,7 +17,7 @@ from devkit.desktop import require
 from devkit.wayland import FootRecorder, Sway
 from qasr_live.config import TypingConfig
 from qasr_live.events import OutputBackend
-from qasr_live.outputs.typing import Typist
+from qasr_live.outputs.typing import Typist, sanitize
 
 pytestmark = pytest.mark.skipif(shutil.which("sway") is None, reason="needs sway (apt-get install sway foot wtype)")
 
@@ -160,6 +160,22 @@ def test_clipboard_route_pastes_and_restores_the_previous_clipboard(sway, window
     assert types.stdout.decode().split() == ["image/png"]
     back = subprocess.run(["wl-paste", "--type", "image/png"], env=sway.env, capture_output=True, timeout=5)
     assert back.stdout == image
+
+
+def test_a_100_kb_commit_full_of_control_characters_is_sanitized_and_pasted(sway, window, report):
+    """Bad input: 100 KB with escape sequences, NULs, bidi overrides and tabs: nothing of it acts on the window
+    (no Enter, no escape), and so long a text is pasted in one go instead of typed for ten minutes."""
+    chunk = "word\x1b[2J\x00 \u202eevil\u202c\tend\x07. "
+    text = (chunk * (100_000 // len(chunk) + 1))[:100_000]
+    expected = sanitize(text)
+    assert "\x1b" not in expected and "\n" not in expected
+    with typist(sway) as t:
+        started = time.monotonic()
+        result = t.type_text(text)
+    assert result.ok, result.error
+    assert [a.backend for a in result.attempts] == [OutputBackend.CLIPBOARD]
+    assert window.wait_text(expected, timeout=30) == expected
+    report(f"typing (100 KB commit, sway): pasted in {time.monotonic() - started:.2f} s")
 
 
 def test_environment_is_private(sway):

@@ -356,7 +356,12 @@ class Typist:
         """Every attempt, in order, until one delivered the (rest of the) text."""
         attempts: list[Attempt] = []
         remaining = text
-        for backend in backend_chain(self.config.backend, session):
+        chain = backend_chain(self.config.backend, session)
+        if len(text) > self.config.paste_above_chars and OutputBackend.CLIPBOARD in chain:
+            # key by key this would take minutes (wtype: ~180 characters/s): one paste instead
+            log.info("typing: %d characters: pasted (typing.paste_above_chars)", len(text))
+            chain = [OutputBackend.CLIPBOARD]
+        for backend in chain:
             started = time.monotonic()
             try:
                 self._deliver(backend, remaining, session)

@@ -31,7 +31,7 @@ from typing import Any
 
 from qasr_live.errors import TypingBackendError
 
-__all__ = ["PortalKeyboard", "default_token_path", "keysym"]
+__all__ = ["PortalKeyboard", "default_token_path", "keysym", "probe_portal"]
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +226,33 @@ class PortalKeyboard:
             except Exception as e:  # the desktop may be gone already
                 log.debug("typing: closing the portal session failed: %s", e)
         conn.close()
+
+
+def probe_portal(env: Mapping[str, str]) -> str:
+    """What the portal route will use in this session, asking nothing of the user (``qasr-live doctor``);
+    ``TypingBackendError`` when there is no session bus, no portal, or no RemoteDesktop interface."""
+    try:
+        from jeepney import DBusAddress, MessageType, new_method_call
+        from jeepney.bus_messages import message_bus
+        from jeepney.io.blocking import open_dbus_connection
+    except ImportError as e:
+        raise TypingBackendError(f"jeepney is not installed ({e}): pip install jeepney") from None
+    try:
+        with open_dbus_connection(_bus_address(env)) as conn:
+            if not conn.send_and_get_reply(message_bus.NameHasOwner(_BUS_NAME), timeout=5).body[0]:
+                raise TypingBackendError(
+                    "no XDG desktop portal on the session bus: install xdg-desktop-portal with the -gnome or "
+                    "-kde backend"
+                )
+            target = DBusAddress(_PATH, bus_name=_BUS_NAME, interface="org.freedesktop.DBus.Properties")
+            reply = conn.send_and_get_reply(new_method_call(target, "Get", "ss", (_IFACE, "version")), timeout=5)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise TypingBackendError(f"cannot ask the session bus: {e}") from None
+    if reply.header.message_type == MessageType.error:
+        raise TypingBackendError("the desktop portal has no RemoteDesktop interface (its backend lacks it)")
+    token = default_token_path(env)
+    asked = "allowed before (restore token kept)" if token.exists() else "the desktop asks once at the first text"
+    return f"RemoteDesktop portal version {reply.body[0][1]}, keyboard only; {asked}"
 
 
 class _Refused(TypingBackendError):
