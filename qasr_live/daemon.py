@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -119,7 +120,12 @@ class Daemon:
             await self._on_recognizer_thread(self._load_engine)
             journal = Journal(self.cfg.journal.path or default_journal_path()) if self.cfg.journal.enabled else None
             typist = Typist(self.cfg.typing) if self.cfg.typing.enabled else None
-            rules = rules_for(self.cfg.typing, self.cfg.recognition.language)
+            typing_cfg = self.cfg.typing
+            if self.model.is_demo and (typing_cfg.voice_commands or typing_cfg.punctuation_words != "off"):
+                # the demo model's grammar has no command or punctuation words: they could only misfire
+                _LOGGER.info("voice commands and punctuation words are off with the embedded demo model")
+                typing_cfg = dataclasses.replace(typing_cfg, voice_commands=False, punctuation_words="off")
+            rules = rules_for(typing_cfg, self.cfg.recognition.language)
             notifier = Notifier(enabled=self.cfg.feedback.notifications)
             self._delivery = delivery = Delivery(self._hub, journal, typist, rules, notifier)
             stack.callback(delivery.close)
