@@ -568,7 +568,7 @@ def test_bad_messages_are_answered_and_the_connection_stays(tmp_path: Path) -> N
         '{"type": "nope"}',
         '{"type": "control"}',
         '{"type": "control", "action": "explode"}',
-        '{"v": 2, "type": "subscribe"}',
+        '{"v": 3, "type": "subscribe"}',
         '{"type": "subscribe", "since_seq": -3}',
         '{"type": "config", "language": "en", "volume": 3}',
     ]
