@@ -33,6 +33,7 @@ __all__ = [
     "AudioConfig",
     "ControlConfig",
     "EngineConfig",
+    "FeedbackConfig",
     "HotkeysConfig",
     "JournalConfig",
     "ModelConfig",
@@ -261,13 +262,59 @@ class TypingConfig:
     enabled: bool = _opt(True, "type committed text into the focused window")
     backend: str = _opt(
         "auto",
-        "auto = chosen from the session type (X11: XTest, macOS: pynput, Wayland: wtype, else clipboard paste)",
-        choices=("auto", "pynput", "wtype", "clipboard"),
+        "auto = chosen from the session (X11: XTest, macOS: pynput, GNOME/KDE Wayland: the RemoteDesktop portal, "
+        "other Wayland: wtype; the clipboard paste last)",
+        choices=("auto", "pynput", "wtype", "portal", "clipboard"),
     )
     separator: str = _opt(" ", "typed between two utterances")
     char_delay_ms: float = _opt(0.0, "pause between typed characters (slow applications)", minimum=0, maximum=100)
     modifier_timeout_s: float = _opt(
         3.0, "longest wait for the hotkey's modifiers to be released before typing anyway", minimum=0, maximum=60
+    )
+    paste_timeout_s: float = _opt(
+        2.0,
+        "clipboard route: longest wait for the window to take the pasted text before the clipboard is restored",
+        minimum=0.1,
+        maximum=30,
+    )
+    paste_above_chars: int = _opt(
+        4000, "a commit longer than this is pasted through the clipboard instead of typed key by key", minimum=1
+    )
+    focus_changed: str = _opt(
+        "clipboard",
+        "X11: the window focused when dictation started lost the focus before the text came: type = type anyway, "
+        "hold = do not type (the journal keeps it), clipboard = put it on the clipboard; both notify",
+        choices=("type", "hold", "clipboard"),
+    )
+    voice_commands: bool = _opt(
+        True, 'spoken "new line", "new paragraph", "scratch that" act instead of being typed (per language)'
+    )
+    punctuation_words: str = _opt(
+        "auto",
+        'spoken "comma", "period"... become the mark; auto = only where the model did not punctuate',
+        choices=("auto", "on", "off"),
+    )
+    replacements: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            _SPEC_KEY: Spec(help="typed instead: {word: replacement} whole words, case kept; a /regex/ key is a regex")
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedbackConfig:
+    """What the user sees of the daemon outside the window text goes to."""
+
+    notifications: bool = _opt(
+        True, "desktop notifications for failures (typing failed, text left on the clipboard, no microphone)"
+    )
+    sounds: bool = _opt(False, "a short sound when recording starts and stops (through the default output)")
+    duck_volume: float = _opt(
+        1.0,
+        "while recording, other applications' playback is turned down to this fraction (PulseAudio/PipeWire); 1 = off",
+        minimum=0,
+        maximum=1,
     )
 
 
@@ -348,6 +395,7 @@ class AppConfig:
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
     hotkeys: HotkeysConfig = field(default_factory=HotkeysConfig)
     typing: TypingConfig = field(default_factory=TypingConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)

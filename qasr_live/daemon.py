@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from qasr_live import __version__
+from qasr_live.audio.cues import Cues
 from qasr_live.audio.pcm import SAMPLE_RATE
 from qasr_live.audio.source import AudioSource
 from qasr_live.audio.sources import open_source
@@ -51,8 +53,17 @@ from qasr_live.engine.generation import AnswerLength
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.engine.worker import EncoderWorker
 from qasr_live.errors import AlignmentError, HotkeysUnavailable, ProtocolError, QasrError
-from qasr_live.events import ControlAction, RecordMode
-from qasr_live.outputs.delivery import Delivery
+from qasr_live.events import (
+    ControlAction,
+    DictationState,
+    EndReason,
+    RecordMode,
+    StateEvent,
+    UtteranceEndEvent,
+    UtteranceStartEvent,
+)
+from qasr_live.notifications import Notifier
+from qasr_live.outputs.delivery import Delivery, rules_for
 from qasr_live.outputs.journal import Journal, default_journal_path
 from qasr_live.outputs.typing import Typist
 from qasr_live.outputs.websocket import WebSocketServer
@@ -92,6 +103,7 @@ class Daemon:
         self._encoder: EncoderWorker | None = None
         self._recognizer: StreamingRecognizer | None = None
         self._delivery: Delivery | None = None
+        self._cues: Cues | None = None  # start/stop sounds, ducking (feedback section)
         self._server: WebSocketServer | None = None
         self._jobs: set[asyncio.Future[Any]] = set()  # queued or running on the recognizer thread
         self._timers: set[asyncio.TimerHandle] = set()
@@ -111,8 +123,18 @@ class Daemon:
             await self._on_recognizer_thread(self._load_engine)
             journal = Journal(self.cfg.journal.path or default_journal_path()) if self.cfg.journal.enabled else None
             typist = Typist(self.cfg.typing) if self.cfg.typing.enabled else None
-            self._delivery = delivery = Delivery(self._hub, journal, typist)
+            typing_cfg = self.cfg.typing
+            if self.model.is_demo and (typing_cfg.voice_commands or typing_cfg.punctuation_words != "off"):
+                # the demo model's grammar has no command or punctuation words: they could only misfire
+                _LOGGER.info("voice commands and punctuation words are off with the embedded demo model")
+                typing_cfg = dataclasses.replace(typing_cfg, voice_commands=False, punctuation_words="off")
+            rules = rules_for(typing_cfg, self.cfg.recognition.language)
+            notifier = Notifier(enabled=self.cfg.feedback.notifications)
+            self._delivery = delivery = Delivery(self._hub, journal, typist, rules, notifier)
             stack.callback(delivery.close)
+            feedback = self.cfg.feedback
+            self._cues = cues = Cues(feedback.sounds, feedback.duck_volume)
+            stack.callback(cues.close)
             if self.cfg.websocket.enabled:
                 self._server = self._websocket_server()
                 stack.push_async_callback(self._server.stop)
@@ -263,9 +285,17 @@ class Daemon:
                 if self._recognizer is not None:
                     self._recognizer.interrupt()
             elif isinstance(effect, Publish):
+                if isinstance(effect.event, UtteranceEndEvent) and self._delivery is not None:
+                    # what the text rules held back (a possible command's first word) goes out before the end
+                    uid, cancelled = effect.event.utterance_id, effect.event.reason == EndReason.CANCELLED
+                    self._delivery.end(uid, type_it=not cancelled)
+                if isinstance(effect.event, UtteranceStartEvent) and self._delivery is not None:
+                    self._delivery.start(effect.event.utterance_id)
                 self._hub.publish(effect.event)
                 if self._word_times is not None:
                     self._word_times.observe(effect.event)
+                if isinstance(effect.event, StateEvent) and self._cues is not None:
+                    self._cues.recording(effect.event.state == DictationState.RECORDING)
             elif isinstance(effect, Deliver):
                 assert self._delivery is not None
                 if self._word_times is not None:

@@ -1,7 +1,7 @@
 """The event vocabulary and versioned protocol: what the daemon publishes (bus, WebSocket) and clients send.
 
 Every message is one frozen dataclass with a class constant ``TYPE``. Server → client events travel as
-``{"v": 1, "seq": N, "type": "...", ...fields}``; client → server messages as ``{"type": "...", ...fields}``
+``{"v": 2, "seq": N, "type": "...", ...fields}``; client → server messages as ``{"type": "...", ...fields}``
 (``v`` and ``seq`` may be present there too). Every field is annotated ``Annotated[type, "description"]`` with
 type one of ``str``, :data:`Count`, ``float``, ``bool``, a ``StrEnum`` or ``Literal[...]``, ``X | None``,
 ``list[X]``, ``dict[str, X]``; parsing and validation are generic, driven by those annotations (the validator is
@@ -38,6 +38,7 @@ from qasr_live import schema
 from qasr_live.errors import InvalidValue, ProtocolError
 
 __all__ = [
+    "ACCEPTED_VERSIONS",
     "CLIENT_MESSAGES",
     "PROTOCOL_VERSION",
     "REGISTRY",
@@ -70,7 +71,8 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 2
-# Version 2 only added (utterance_words, utterance_end.language): a client speaking 1 is understood as before.
+#: Versions a message may carry: 2 only added (the `utterance_words` event, `utterance_end.language`,
+#: `commit.typed`, `commit.scratch`), so a version-1 message is still valid.
 ACCEPTED_VERSIONS = (1, 2)
 _RESERVED = ("v", "seq", "type")  # envelope keys; no event may have a field of these names
 
@@ -161,6 +163,7 @@ class OutputBackend(enum.StrEnum):
 
     PYNPUT = "pynput"
     WTYPE = "wtype"
+    PORTAL = "portal"  # the XDG RemoteDesktop portal (GNOME, KDE); protocol 2
     CLIPBOARD = "clipboard"
     NONE = "none"
 
@@ -235,7 +238,14 @@ class CommitEvent(ServerEvent):
     TYPE: ClassVar[str] = "commit"
     utterance_id: Annotated[str, "the utterance"]
     idx: Annotated[Count, "commit index within the utterance, starting at 0"]
-    text: Annotated[str, "the text appended by this commit"]
+    text: Annotated[str, "the text appended by this commit (as the model wrote it: raw)"]
+    typed: Annotated[
+        str | None,
+        "what this commit lets out to be typed after the voice commands and text rules (may hold back words "
+        "that could begin a command; a commit with empty text at the utterance's end lets them out); "
+        "null = not known (protocol 1)",
+    ] = None
+    scratch: Annotated[bool, '"scratch that": what was typed of the utterance (or the one before) is deleted'] = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -332,7 +342,7 @@ REGISTRY: dict[str, type[_Message]] = {cls.TYPE: cls for cls in SERVER_EVENTS + 
 
 
 def event_to_json(event: _Message, seq: int | None = None) -> str:
-    """One wire message: ``{"v": 1, "seq": seq, "type": ..., ...fields}`` as compact JSON.
+    """One wire message: ``{"v": 2, "seq": seq, "type": ..., ...fields}`` as compact JSON.
 
     ``seq`` is required for server events and optional (left out when ``None``) for client messages. The event is
     validated first, so whatever this returns, ``event_from_json`` accepts.
@@ -389,7 +399,11 @@ def json_schema() -> dict[str, Any]:
     for cls in SERVER_EVENTS + CLIENT_MESSAGES:
         server = issubclass(cls, ServerEvent)
         props: dict[str, Any] = {
-            "v": {"const": PROTOCOL_VERSION, "description": "protocol version"},
+            "v": (
+                {"const": PROTOCOL_VERSION, "description": "protocol version"}
+                if server
+                else {"enum": list(ACCEPTED_VERSIONS), "description": "protocol version"}
+            ),
             "seq": {"type": "integer", "minimum": 0, "description": "event sequence number, increasing"},
             "type": {"const": cls.TYPE},
         }

@@ -28,10 +28,12 @@ SUDO=""
 APT_PACKAGES=(build-essential cmake python3-venv ffmpeg libportaudio2 xdotool xclip wtype wl-clipboard
   x11-xkb-utils xkb-data)
 # Tests: git + pipx (fresh-clone install tests), espeak-ng (speech), xvfb + pulseaudio + libasound2-plugins (a
-# real display and microphone), libtk8.6 + python3-tk (the Tk window the tests type into), systemd (unit check).
+# real display and microphone), libtk8.6 + python3-tk (the Tk window the tests type into), systemd (unit check),
+# sway + foot + a font (a headless Wayland compositor and a window the Wayland tests type into), dbus (a private
+# session bus for the notification and portal tests), libnotify-bin (notify-send).
 # Demo model training (training/demo_model/build.sh): libtcmalloc-minimal4.
 [ "$mode" = dev ] && APT_PACKAGES+=(git pipx espeak-ng xvfb pulseaudio pulseaudio-utils libasound2-plugins
-  libtk8.6 python3-tk procps systemd libtcmalloc-minimal4)
+  libtk8.6 python3-tk procps systemd libtcmalloc-minimal4 sway foot fonts-dejavu-core dbus libnotify-bin)
 if command -v dpkg >/dev/null; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -376,7 +376,8 @@ def test_version_specifiers(version: str, spec: str, ok: bool) -> None:
 
 def test_wayland_reports_wtype_and_compositor_bindings(tmp_path: Path) -> None:
     """A Wayland session (its socket: a listening Unix socket where the compositor's would be): wtype types on
-    wlroots desktops, GNOME falls back to the clipboard, hotkeys are the compositor's bindings to `qasr-live ctl`;
+    wlroots desktops, GNOME types through the RemoteDesktop portal (no session bus here: a warn, the clipboard
+    fallback, and the fix names the portal package), hotkeys are the compositor's bindings to `qasr-live ctl`;
     a WAYLAND_DISPLAY without its socket is a FAIL."""
     replay = _config(tmp_path, audio={"source": str(DEMO_MODEL / "sample.wav")})
     microphone = _config(tmp_path, "mic.yaml")
@@ -394,7 +395,9 @@ def test_wayland_reports_wtype_and_compositor_bindings(tmp_path: Path) -> None:
     if shutil.which("wtype") and shutil.which("wl-copy") and shutil.which("wl-paste"):
         assert typing["status"] == "ok", typing
         gnome = on_gnome[("Desktop", "typing")]
-        assert gnome["status"] == "warn" and "GNOME" in gnome["detail"], gnome
+        assert gnome["data"]["chain"] == ["portal", "clipboard"]
+        assert gnome["status"] == "warn" and "portal: no D-Bus session bus" in gnome["detail"], gnome
+        assert "GNOME" in gnome["fix"] and "xdg-desktop-portal" in gnome["fix"], gnome
     # with audio.source set the daemon leaves hotkeys off; with the microphone they are the compositor's bindings
     assert (
         on_sway[("Desktop", "hotkeys")]["status"] == "ok"

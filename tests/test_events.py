@@ -100,14 +100,12 @@ def test_round_trip_through_json(event):
 def test_server_event_wire_starts_with_envelope():
     text = event_to_json(CommitEvent(utterance_id="u1", idx=2, text="x"), 9)
     assert list(json.loads(text))[:3] == ["v", "seq", "type"]
-    assert json.loads(text) == {
-        "v": PROTOCOL_VERSION,
-        "seq": 9,
-        "type": "commit",
-        "utterance_id": "u1",
-        "idx": 2,
-        "text": "x",
-    }
+    wire = {"v": 2, "seq": 9, "type": "commit", "utterance_id": "u1", "idx": 2, "text": "x"}
+    assert json.loads(text) == {**wire, "typed": None, "scratch": False}
+    # protocol 2 only added optional fields: a version-1 message (without them) still parses
+    assert event_from_json(json.dumps({**wire, "v": 1})) == (9, CommitEvent(utterance_id="u1", idx=2, text="x"))
+    with pytest.raises(ProtocolError, match="unsupported protocol version 3"):
+        event_from_json(json.dumps({**wire, "v": 3}))
 
 
 def test_client_message_needs_no_seq_or_version():

@@ -125,7 +125,7 @@ def test_append_fsyncs_the_written_line_before_returning(tmp_path, monkeypatch):
         assert len(seen) == 1
         fd, contents = seen[0]
         assert fd == j._fd
-        assert contents.endswith(b'"text":"durable","audio_start":0.0,"audio_end":1.0}\n')
+        assert contents.endswith(b'"text":"durable","audio_start":0.0,"audio_end":1.0,"typed":null,"scratch":false}\n')
         j.append("u1", 1, "twice", 1.0, 2.0)
         assert len(seen) == 2
 

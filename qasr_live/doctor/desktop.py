@@ -99,7 +99,10 @@ def _typing_line(out: Lines, ctx: Context, session: Session, reachable: bool) ->
     if ready and not problems:
         out.ok("typing", f"{order}; {'; '.join(ready)}", **data)
     elif ready and _no_virtual_keyboard(session):
-        fix = f"none to install: {session.desktop} lets no program type; paste with Ctrl+V, or use an X11 session"
+        fix = (
+            f"{session.desktop}: install xdg-desktop-portal with its -gnome or -kde backend (typing.backend: auto "
+            "types through its RemoteDesktop portal), or paste with Ctrl+V"
+        )
         out.warn("typing", f"{order}: {'; '.join(problems)}; falls back to {'; '.join(ready)}", fix, **data)
     elif ready:
         fix = "install what is missing (see tools) or set typing.backend in config.yaml to one that works here"
@@ -131,6 +134,10 @@ def _probe_backend(backend: str, session: Session, reachable: bool) -> str:
         if _no_virtual_keyboard(session):
             raise TypingBackendError(f"{session.desktop} does not offer the virtual-keyboard protocol wtype needs")
         return "wtype (wlroots virtual keyboard)"
+    if backend == "portal":
+        from qasr_live.outputs.typing.portal import probe_portal
+
+        return probe_portal(session.env)
     copy, paste = clipboard_commands(session)
     if not reachable:
         raise TypingBackendError(f"no clipboard: {session.describe()} cannot be reached")

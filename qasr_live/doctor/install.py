@@ -32,7 +32,11 @@ REQUIRED = (
     "pyyaml",
 )
 #: Dependencies of one feature: a missing one is a warn.
-OPTIONAL = {"pynput": "global hotkeys", "python-xlib": "typing and hotkeys on X11"}
+OPTIONAL = {
+    "pynput": "global hotkeys",
+    "python-xlib": "typing and hotkeys on X11",
+    "jeepney": "desktop notifications and the GNOME/KDE typing portal (D-Bus)",
+}
 
 
 def check_python(ctx: Context) -> list[Check]:

@@ -1,6 +1,9 @@
 """The transcript journal: every committed piece of text, appended to a JSON-lines file before anything else sees it.
 
-One line per commit, keys ``seq, time, utterance_id, idx, text, audio_start, audio_end``::
+One line per commit, keys ``seq, time, utterance_id, idx, text, audio_start, audio_end, typed, scratch``
+(``text`` as the model wrote it, ``typed`` what the voice commands and text rules let out to be typed, ``scratch``
+true where "scratch that" deleted typed text; lines of older versions, without the last two, read as
+``typed: null, scratch: false``)::
 
     {"seq":42,"time":"2025-06-01T09:14:03.123+02:00","utterance_id":"u7","idx":0,"text":"Hi","audio_start":1.2,...}
 
@@ -50,6 +53,10 @@ class JournalEntry:
     text: str
     audio_start: float  # seconds on the daemon's audio clock
     audio_end: float
+    typed: str | None = None  # what was let out to be typed (None: not recorded, older journals)
+    scratch: bool = False  # "scratch that": the typed text before it was deleted
+
+    _OPTIONAL = ("typed", "scratch")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -69,7 +76,9 @@ class JournalEntry:
         if not isinstance(d, dict):
             return None
         try:
-            entry = cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+            entry = cls(
+                **{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d or f.name not in cls._OPTIONAL}
+            )
         except KeyError:
             return None
         return entry if _valid(entry) else None
@@ -91,6 +100,8 @@ def _valid(e: JournalEntry) -> bool:
         and isinstance(e.text, str)
         and number(e.audio_start)
         and number(e.audio_end)
+        and (e.typed is None or isinstance(e.typed, str))
+        and isinstance(e.scratch, bool)
     )
 
 
@@ -134,7 +145,17 @@ class Journal:
 
     # -------------------------------------------------------------------------------------------- writing
 
-    def append(self, utterance_id: str, idx: int, text: str, audio_start: float, audio_end: float) -> int:
+    def append(
+        self,
+        utterance_id: str,
+        idx: int,
+        text: str,
+        audio_start: float,
+        audio_end: float,
+        *,
+        typed: str | None = None,
+        scratch: bool = False,
+    ) -> int:
         """Journal one commit durably (written, flushed, fsync'ed) and return its ``seq``."""
         if not isinstance(utterance_id, str) or not isinstance(text, str):
             raise TypeError("utterance_id and text must be strings")
@@ -153,6 +174,8 @@ class Journal:
                 text=text,
                 audio_start=float(audio_start),
                 audio_end=float(audio_end),
+                typed=typed,
+                scratch=bool(scratch),
             )
             line = entry.to_line()  # raises before writing anything if text cannot be encoded
             try:

@@ -1,6 +1,7 @@
 """Text made safe to type: dictation must never press Enter or Tab, nor smuggle in invisible controls.
 
-:func:`sanitize` turns line breaks and tabs into spaces, because pressing Enter or Tab sends chat messages, runs
+:func:`sanitize` turns line breaks and tabs into spaces (line breaks the user asked for are kept with
+``newlines=True``: typed as Return), because pressing Enter or Tab sends chat messages, runs
 shell commands and moves the focus. Every other control character (C0, DEL, C1 incl. ESC), the bidirectional
 overrides/embeddings/isolates and marks (the "Trojan Source" characters), lone surrogates, U+FEFF, interlinear
 annotation controls, Unicode tag characters and U+FFFD (debris of undecodable bytes, never something said) are
@@ -25,13 +26,20 @@ _REMOVED_FORMAT = frozenset(
 )
 
 
-def sanitize(text: str) -> str:
+def sanitize(text: str, *, newlines: bool = False) -> str:
     """``text`` safe to type: line breaks/tabs → one space each, other control and bidi characters removed.
 
-    See the module docstring for the exact rules; everything printable (any script, emoji) is kept as is.
+    ``newlines=True`` keeps line breaks as ``"\\n"`` (one per ``\\r\\n``): for text the user asked to break
+    (``typing.separator``, the "new line" voice command), never for what the model wrote. See the module
+    docstring for the exact rules; everything printable (any script, emoji) is kept as is.
     """
+    if newlines:
+        text = text.replace("\r\n", "\n")
     out = []
     for ch in text:
+        if newlines and ch == "\n":
+            out.append(ch)
+            continue
         if ch in _SPACE_CONTROLS:
             out.append(" ")
             continue

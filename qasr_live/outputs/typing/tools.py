@@ -13,7 +13,9 @@ Every tool runs to completion with the session's environment; a failure raises
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -21,11 +23,34 @@ from collections.abc import Mapping
 from qasr_live.desktop import Session, SessionKind
 from qasr_live.errors import TypingBackendError
 
-__all__ = ["clipboard_commands", "paste_with_tool", "read_clipboard", "run_tool", "type_with_wtype", "write_clipboard"]
+__all__ = [
+    "clipboard_commands",
+    "paste_with_tool",
+    "read_clipboard",
+    "run_tool",
+    "run_tool_bytes",
+    "type_keys",
+    "type_with_wtype",
+    "wayland_alive",
+    "write_clipboard",
+]
+
+
+# wtype's virtual keyboard and its keymap are new at each run; the compositor hands the keymap to the focused
+# window, and a first key sent at once was lost about once in 20 fresh runs in the sway tests: 30 ms first.
+_SETTLE = ("-s", "30")
 
 
 def run_tool(argv: list[str], env: Mapping[str, str], *, input: str = "", timeout: float = 10.0) -> str:
-    """Run a helper tool to completion; its stdout; ``TypingBackendError`` with its stderr if it fails.
+    """Run a helper tool to completion; its stdout; ``TypingBackendError`` with its stderr if it fails."""
+    return run_tool_bytes(argv, env, input=input.encode(), timeout=timeout).decode(errors="replace")
+
+
+def run_tool_bytes(
+    argv: list[str], env: Mapping[str, str], *, input: bytes = b"", timeout: float = 10.0, limit: int = -1
+) -> bytes:
+    """Run a helper tool to completion; its stdout as bytes (at most ``limit``; -1: all); ``TypingBackendError``
+    with its stderr if it fails.
 
     stdout/stderr go to temporary files, not pipes: ``xclip -i`` and ``wl-copy`` leave a background process
     that serves the clipboard and would hold a pipe open forever.
@@ -37,7 +62,7 @@ def run_tool(argv: list[str], env: Mapping[str, str], *, input: str = "", timeou
         try:
             done = subprocess.run(
                 argv,
-                input=input.encode(),
+                input=input,
                 stdout=out,
                 stderr=err,
                 env=dict(env),
@@ -50,7 +75,7 @@ def run_tool(argv: list[str], env: Mapping[str, str], *, input: str = "", timeou
             raise TypingBackendError(f"cannot run {name}: {e}") from None
         out.seek(0)
         err.seek(0)
-        stdout = out.read().decode(errors="replace")
+        stdout = out.read(limit)
         stderr = err.read().decode(errors="replace").strip()
     if done.returncode != 0:
         detail = stderr.splitlines()[-1] if stderr else "no message"
@@ -63,8 +88,34 @@ def type_with_wtype(text: str, session: Session, char_delay_ms: float = 0.0) -> 
     if session.kind != SessionKind.WAYLAND:
         raise TypingBackendError(f"wtype needs a Wayland session; this is {session.describe()}")
     timeout = 10.0 + len(text) * (char_delay_ms / 1000.0 + 0.02)
-    argv = ["wtype", "-d", str(round(char_delay_ms)), "-"] if char_delay_ms else ["wtype", "-"]
+    argv = ["wtype", *_SETTLE, "-d", str(round(char_delay_ms)), "-"] if char_delay_ms else ["wtype", *_SETTLE, "-"]
     run_tool(argv, session.env, input=text, timeout=timeout)
+    if not wayland_alive(session):
+        # wtype exits 0 when the compositor vanishes under it: without this the loss would be silent
+        raise TypingBackendError("the Wayland compositor went away while typing: the text may be cut short")
+
+
+def wayland_alive(session: Session) -> bool:
+    """Whether the session's Wayland compositor still accepts connections on its socket."""
+    name = session.wayland_display or "wayland-0"
+    path = name if name.startswith("/") else os.path.join(session.env.get("XDG_RUNTIME_DIR", ""), name)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def type_keys(keys: list[str], session: Session) -> None:
+    """Press and release named keys (XKB keysym names, e.g. ``BackSpace``) in order with wtype."""
+    if session.kind != SessionKind.WAYLAND:
+        raise TypingBackendError(f"wtype needs a Wayland session; this is {session.describe()}")
+    if keys:
+        run_tool(
+            ["wtype", *_SETTLE, *(a for k in keys for a in ("-k", k))], session.env, timeout=10.0 + 0.02 * len(keys)
+        )
 
 
 def clipboard_commands(session: Session) -> tuple[list[str], list[str]]:

@@ -30,8 +30,11 @@ _MOD_INDEX_NAMES = {0: "shift", 2: "ctrl", 3: "alt", 6: "cmd", 7: "alt_gr"}  # S
 
 
 def _char_keysym(ch: str) -> int:
-    """The X keysym of a character: Latin-1 keysyms equal the code point, all others are 0x01000000 + it."""
+    """The X keysym of a character (``"\\n"``: Return): Latin-1 keysyms equal the code point, all others are
+    0x01000000 + it."""
     cp = ord(ch)
+    if ch == "\n":
+        return 0xFF0D  # XK_Return: a line break the user asked for (sanitize(newlines=True))
     return cp if 0x20 <= cp <= 0x7E or 0xA0 <= cp <= 0xFF else 0x01000000 + cp
 
 
@@ -268,6 +271,23 @@ class XKeyboard:
                 if code and keymap[code // 8] & (1 << (code % 8)):
                     held.setdefault(mod, []).append(code)
         return held
+
+    def focused_window(self) -> int:
+        """The top-level window that has the keyboard focus (0: none, 1: PointerRoot)."""
+
+        def run() -> int:
+            focus = self._d.get_input_focus().focus
+            if isinstance(focus, int):
+                return focus
+            root = self._d.screen().root.id
+            window = focus
+            while True:  # the focus is often a child (a text widget): compare the application's top level
+                parent = window.query_tree().parent
+                if not parent or isinstance(parent, int) or parent.id == root:
+                    return int(window.id)
+                window = parent
+
+        return int(self._call("reading the focused window", run))
 
     def release(self, keycodes: Iterable[int]) -> None:
         """Release keys (what ``xdotool --clearmodifiers`` does for held modifiers)."""
