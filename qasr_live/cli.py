@@ -150,7 +150,8 @@ def _print_segments(
                 result: Transcript = done.value
                 break
             if bar is not None:
-                bar.update(round(segment.end - start - bar.n, 1))  # segment times count from the file's start
+                bar.n = round(segment.end - start, 1)  # set, not added up: no float drift; times count from 0
+                bar.refresh()
             if segment.text:
                 if live:
                     if bar is not None:
