@@ -76,6 +76,10 @@ class EventCollector:
     def send(self, message: dict) -> None:
         self._ws.send(json.dumps(message))
 
+    def send_raw(self, text: str | bytes) -> None:
+        """Send a frame as it is (hostile input: not necessarily JSON)."""
+        self._ws.send(text)
+
     def wait_for(self, predicate, timeout: float = 60.0) -> dict:
         """The first event matching ``predicate`` (waiting for it to arrive)."""
         deadline = time.monotonic() + timeout
@@ -117,6 +121,7 @@ class RunningDaemon:
         self.journal_path = tmp / "journal.jsonl"
         self.config = config
         notify_path = tmp / "notify.sock"
+        notify_path.unlink(missing_ok=True)  # left by an earlier daemon of the same test directory
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(notify_path))
         full_env = {
