@@ -176,6 +176,16 @@ class RunningDaemon:
             assert result.returncode == 0, result.stderr
         return json.loads(result.stdout) if result.stdout.strip() else {"stderr": result.stderr}
 
+    def status(self) -> dict:
+        """The daemon's status over the ctl socket itself (one JSON line each way; no `qasr-live ctl` process)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(str(self.runtime_dir / "ctl.sock"))
+            s.sendall(b'{"command": "status"}\n')
+            reply = json.loads(s.makefile("rb").readline())
+        assert reply["ok"], reply
+        return reply["status"]
+
     def journal(self) -> list:
         return read_entries(self.journal_path) if self.journal_path.exists() else []
 

@@ -78,10 +78,10 @@ def stop_daemon(daemon: RunningDaemon, mic: RealtimeMic, sig: signal.Signals = s
 
 
 def utterance(daemon: RunningDaemon, mic: RealtimeMic, client, pcm: np.ndarray, after: int = 0) -> dict:
-    """Press, say ``pcm``, release; the utterance_end (with seq > ``after``)."""
-    daemon.ctl("ptt-press")
+    """Press, say ``pcm``, release (WebSocket control messages); the utterance_end (with seq > ``after``)."""
+    client.send({"type": "control", "action": "ptt_press"})
     mic.say(np.concatenate([pcm, np.zeros(RATE // 4, np.int16)]))
-    daemon.ctl("ptt-release")
+    client.send({"type": "control", "action": "ptt_release"})
     return client.wait_for(lambda e: e["type"] == "utterance_end" and e["seq"] > after, timeout=60)
 
 
@@ -147,7 +147,7 @@ def test_full_disk_reports_delivers_and_recovers(tmp_path: Path, sentences) -> N
         published = commits_by_utterance(client.events)
         assert published.get(first["utterance_id"], "").strip(), "the text must still reach the user"
         assert first["reason"] == "key_release"
-        status = daemon.ctl("status")["status"]
+        status = daemon.status()
         assert status["journal"]["ok"] is False and status["journal"]["unsaved"] >= 1
         assert status["errors"] >= 1 and status["last_error"]["code"] == "journal_write_failed"
         assert status["state"] == "idle"
@@ -160,7 +160,7 @@ def test_full_disk_reports_delivers_and_recovers(tmp_path: Path, sentences) -> N
         client.close()
         assert journal_by_utterance(read_entries(journal)) == commits_by_utterance(client.events)
         assert len(journal_by_utterance(read_entries(journal))) == 2
-        status = daemon.ctl("status")["status"]
+        status = daemon.status()
         assert status["journal"] == {"ok": True, "error": None, "unsaved": 0}
         assert len([e for e in client.events if e["type"] == "error"]) == 1  # one report per outage
         check_event_stream(client.events)
@@ -175,7 +175,7 @@ def test_full_disk_reports_delivers_and_recovers(tmp_path: Path, sentences) -> N
 def test_bad_context_is_refused_and_recognition_goes_on(shared, sentences) -> None:
     daemon, mic = shared
     client = daemon.subscribe()
-    errors_before = daemon.ctl("status")["status"]["errors"]
+    errors_before = daemon.status()["errors"]
     for context, expected in (("\ud800", "not valid text"), ("word " * 12600, "at most")):
         client.send({"type": "config", "context": context})  # json.dumps escapes the lone surrogate: valid JSON
         error = client.wait_for(lambda e, x=expected: e["type"] == "error" and x in e["message"], timeout=30)
@@ -185,7 +185,7 @@ def test_bad_context_is_refused_and_recognition_goes_on(shared, sentences) -> No
     client.close()
     assert end["reason"] == "key_release", end
     assert commits_by_utterance(client.events).get(end["utterance_id"], "").strip()
-    assert daemon.ctl("status")["status"]["errors"] == errors_before
+    assert daemon.status()["errors"] == errors_before
     assert len([e for e in client.events if e["type"] == "error"]) == 2
 
 
