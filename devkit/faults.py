@@ -7,8 +7,8 @@ is off until the test writes its switch file into ``$QASR_FAULTS`` (a directory 
 the test removes it, so one daemon start serves a whole series of faults:
 
 * ``journal``: an errno name (``ENOSPC``, ``EIO``, ``EROFS``): every journal write fails with it;
-* ``decoder``: any content: the next partial tick or final decode raises ``DecoderError`` (the switch is
-  consumed, so it fails once, mid-utterance);
+* ``decoder``: ``begin``, ``tick`` or ``finish``: the next utterance start (its prefill), partial tick or final
+  decode raises ``DecoderError`` (the switch is consumed, so it fails once);
 * ``clock``: seconds (may be negative) added to the wall clock the journal stamps its lines with.
 
 Never imported by qasr_live (dev code, tests/test_layers.py checks).
@@ -69,16 +69,19 @@ def install() -> None:
 
     journal.datetime = ShiftedClock  # type: ignore[misc]
 
-    def failing(method: Any) -> Any:
+    def failing(method: Any, name: str) -> Any:
         def run(self: StreamingRecognizer, *args: Any, **kwargs: Any) -> Any:
-            if self.active and _consume("decoder"):
-                raise DecoderError("llama_decode failed (injected by devkit.faults)")
+            if self.active and _switch("decoder") == name and _consume("decoder"):
+                raise DecoderError(f"llama_decode failed in {name} (injected by devkit.faults)")
             return method(self, *args, **kwargs)
 
         return run
 
-    StreamingRecognizer.tick = failing(StreamingRecognizer.tick)  # type: ignore[method-assign]
-    StreamingRecognizer.finish = failing(StreamingRecognizer.finish)  # type: ignore[method-assign]
+    StreamingRecognizer.tick = failing(StreamingRecognizer.tick, "tick")  # type: ignore[method-assign]
+    # inside begin(), once the utterance is set up: its prefill fails (begin() itself must leave no utterance)
+    StreamingRecognizer._prefill_memory = failing(StreamingRecognizer._prefill_memory, "begin")  # type: ignore[method-assign]
+    # inside finish(): what fails is its decode, not the call (finish() itself must still release the utterance)
+    StreamingRecognizer._finish = failing(StreamingRecognizer._finish, "finish")  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> int:

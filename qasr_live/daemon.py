@@ -336,11 +336,14 @@ class Daemon:
             return
         # An engine failure is reported, not fatal; a bug is logged with its traceback (silence would look like
         # "no speech").
+        news = self._dictation.is_news(job)  # not one log line per audio block of an utterance that failed
         if isinstance(exc, QasrError):
-            _LOGGER.error("recognizer: %s", exc)
+            if news:
+                _LOGGER.error("recognizer: %s", exc)
             error = str(exc)
         else:
-            _LOGGER.error("recognizer: internal error", exc_info=exc)
+            if news:
+                _LOGGER.error("recognizer: internal error", exc_info=exc)
             error = f"internal error: {exc!r}"
         self._apply(self._dictation.on_result(job, None, error))
 

@@ -25,7 +25,9 @@ import numpy as np
 import pytest
 
 from devkit.daemon_checks import check_event_stream, commits_by_utterance, journal_by_utterance
+from devkit.daemon_harness import RunningDaemon, write_config
 from devkit.demo_speech import known_sentences
+from devkit.pulse import PulseAudio, require_pulse
 from qasr_live.model_store import DEMO_MODEL
 from qasr_live.outputs.journal import read_entries
 from tests.test_hardening import start_daemon, stop_daemon
@@ -91,14 +93,28 @@ def rig(tmp_path_factory):
 
 
 def test_decoder_error_mid_utterance(rig: Rig, sentences) -> None:
-    end = rig.utterance(sentences[0], during=lambda: rig.switch("decoder", "fail once"))
+    # a partial decode fails while the user speaks: reported, and the final decode still commits the text
+    rig.switch("decoder", "tick")  # the first partial tick of the next utterance (some 250 ms into it) fails
+    end = rig.utterance(sentences[0])
     assert not (rig.faults / "decoder").exists(), "the injected failure did not fire"
     [error] = rig.errors("recognizer")
-    assert "llama_decode failed" in error["message"] and not error["fatal"]
-    assert end["reason"] in ("key_release", "error")  # a failed partial; the final decode still runs
+    assert "llama_decode failed in tick" in error["message"] and not error["fatal"]
+    assert end["reason"] == "key_release" and rig.text_of(end).strip()
+    # the final decode fails: the utterance ends with reason error, and the recognizer is free for the next one
+    end = rig.utterance(sentences[1], during=lambda: rig.switch("decoder", "finish"))
+    assert end["reason"] == "error" and not (rig.faults / "decoder").exists()
+    assert len(rig.errors("recognizer")) == 2
+    # the start of an utterance fails (its prefill): one report, not one per audio block; the next one works
+    rig.switch("decoder", "begin")
+    end = rig.utterance(sentences[0])
+    assert end["reason"] == "error" and not (rig.faults / "decoder").exists()
+    assert len(rig.errors("recognizer")) == 3
     after = rig.utterance(sentences[1])
     assert after["reason"] == "key_release" and rig.text_of(after).strip()
+    assert len(rig.errors("recognizer")) == 3
+    assert rig.daemon.log().count("llama_decode failed in begin") == 1
     assert rig.daemon.status()["state"] == "idle"
+    assert journal_by_utterance(rig.daemon.journal()) == commits_by_utterance(rig.events.events)
 
 
 @pytest.mark.parametrize("code", ["EIO", "EROFS"])  # ENOSPC: test_hardening.py, on a real full tmpfs
@@ -241,3 +257,46 @@ def test_stop_signal_mid_utterance_keeps_what_was_said(tmp_path: Path, sentences
         end = client.of_type("utterance_end")
         assert len(end) == 1 and end[0]["reason"] == "key_release", client.events
         assert published.get(end[0]["utterance_id"], "").strip(), "what was said before the signal is kept"
+
+
+# ------------------------------------------------------------------------------------------ device loss and return
+
+
+def test_microphone_lost_and_back_while_serving(tmp_path: Path, sentences) -> None:
+    """Continuous dictation from a PulseAudio microphone whose device disappears (the null sink unloaded) and comes
+    back: the daemon keeps serving, reopens it by itself, and the next sentence is committed."""
+    require_pulse()
+    with PulseAudio(tmp_path / "pulse") as pulse:
+        config = write_config(
+            tmp_path / "config.yaml",
+            DEMO_MODEL,
+            tmp_path,
+            audio={"device": pulse.device_name, "reopen_after_silence_s": 0},
+            trigger={"mode": "continuous"},
+            hotkeys={"enabled": False},
+            typing={"enabled": False},
+            streaming={"memory_tokens": 0},
+        )
+        daemon = RunningDaemon(config, tmp_path, env=pulse.child_env())
+        client = daemon.subscribe()
+        try:
+            opens = daemon.status()["audio"]["opens"]
+            pulse.unload_sink()
+            time.sleep(1.5)
+            assert daemon.alive()
+            pulse.load_sink()
+            deadline = time.monotonic() + 20
+            while daemon.status()["audio"]["opens"] <= opens and time.monotonic() < deadline:
+                time.sleep(0.2)
+            audio = sentences[0].astype(np.float32) / 32768
+            pulse.play(np.concatenate([audio, np.zeros(RATE, np.float32)]))
+            end = client.wait_for(lambda e: e["type"] == "utterance_end" and e["reason"] == "silence", timeout=60)
+            status = daemon.status()
+        finally:
+            client.close()
+            code = daemon.stop()
+    log = daemon.log()
+    assert code == 0 and "Traceback" not in log, log[-3000:]
+    assert status["audio"]["opens"] > opens and status["audio"]["reopens"] >= 1, status["audio"]
+    assert commits_by_utterance(client.events).get(end["utterance_id"], "").strip()
+    assert journal_by_utterance(daemon.journal()) == commits_by_utterance(client.events)

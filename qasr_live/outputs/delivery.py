@@ -95,7 +95,9 @@ class Delivery:
     def _save(self) -> bool:
         """Write the unsaved commits, oldest first; False (and the failure reported once) if the disk refuses."""
         journal = self._journal
-        while self._unsaved and journal is not None:
+        if journal is None:
+            return True
+        while self._unsaved:
             c = self._unsaved[0]
             try:
                 journal.append(c.utterance_id, c.idx, c.text, c.audio_start, c.audio_end)
@@ -104,7 +106,7 @@ class Delivery:
                 return False
             self._unsaved.pop(0)
         if self.journal_error is not None:
-            _LOGGER.warning("journal: %s is written again; every held commit is saved", journal and journal.path)
+            _LOGGER.warning("journal: %s is written again; every held commit is saved", journal.path)
             self.journal_error = None
         return True
 

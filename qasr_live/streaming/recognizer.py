@@ -250,7 +250,14 @@ class StreamingRecognizer:
     def finish(self, use_speculation: bool = False) -> Final:
         """The endpoint: decode all the audio, commit everything, put the utterance into the decoder memory.
         `use_speculation`: the caller knows that only silence came after the last speculate(): its decode is
-        the final one (the audio after it is not decoded)."""
+        the final one (the audio after it is not decoded). The utterance is over even when this fails (a decoder
+        error): the next begin() must not find it still active."""
+        try:
+            return self._finish(use_speculation)
+        finally:
+            self._utt = None
+
+    def _finish(self, use_speculation: bool) -> Final:
         t0 = time.perf_counter()
         utt = self._require()
         self._interrupt.clear()
