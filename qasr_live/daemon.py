@@ -176,6 +176,7 @@ class Daemon:
     async def _guard_runtime_dir(self, period_s: float = 2.0) -> None:
         """Put the runtime directory back when something removed it (a cleaner of /run/user, `rm -r`): without its
         socket, token and URL files no client could find or reach a daemon that is still dictating."""
+        reported = False
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._restore_now.wait(), period_s)
@@ -185,8 +186,13 @@ class Daemon:
                 continue
             try:
                 await self._restore_runtime_dir()
-            except (QasrError, OSError) as e:  # reported, and tried again at the next period
-                self.report_error("runtime_dir_lost", f"cannot restore the runtime directory {self.runtime.dir}: {e}")
+                reported = False
+            except (QasrError, OSError) as e:  # tried again at the next period; reported once
+                if not reported:
+                    self.report_error(
+                        "runtime_dir_lost", f"cannot restore the runtime directory {self.runtime.dir}: {e}"
+                    )
+                reported = True
 
     async def _restore_runtime_dir(self) -> None:
         _LOGGER.warning("the runtime directory %s was removed; restoring its files", self.runtime.dir)

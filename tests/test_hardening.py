@@ -298,19 +298,21 @@ def test_missing_device_is_refused_at_start_in_every_mode(tmp_path: Path, mode: 
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify.sock"))
     notify.setblocking(False)
-    result = subprocess.run(
-        [sys.executable, "-m", "qasr_live", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock")},
-    )
     messages = []
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            messages.append(notify.recv(4096).decode())
-    notify.close()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "qasr_live", "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock")},
+        )
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                messages.append(notify.recv(4096).decode())
+    finally:
+        notify.close()
     assert result.returncode == EXIT_DEVICE, result.stderr
     assert "qasr-live: error: audio.device 'no-such-microphone-qasr'" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
