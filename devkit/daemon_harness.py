@@ -76,6 +76,10 @@ class EventCollector:
     def send(self, message: dict) -> None:
         self._ws.send(json.dumps(message))
 
+    def send_raw(self, text: str | bytes) -> None:
+        """Send a frame as it is (hostile input: not necessarily JSON)."""
+        self._ws.send(text)
+
     def wait_for(self, predicate, timeout: float = 60.0) -> dict:
         """The first event matching ``predicate`` (waiting for it to arrive)."""
         deadline = time.monotonic() + timeout
@@ -117,6 +121,7 @@ class RunningDaemon:
         self.journal_path = tmp / "journal.jsonl"
         self.config = config
         notify_path = tmp / "notify.sock"
+        notify_path.unlink(missing_ok=True)  # left by an earlier daemon of the same test directory
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(notify_path))
         full_env = {
@@ -170,6 +175,16 @@ class RunningDaemon:
         if check:
             assert result.returncode == 0, result.stderr
         return json.loads(result.stdout) if result.stdout.strip() else {"stderr": result.stderr}
+
+    def status(self) -> dict:
+        """The daemon's status over the ctl socket itself (one JSON line each way; no `qasr-live ctl` process)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(str(self.runtime_dir / "ctl.sock"))
+            s.sendall(b'{"command": "status"}\n')
+            reply = json.loads(s.makefile("rb").readline())
+        assert reply["ok"], reply
+        return reply["status"]
 
     def journal(self) -> list:
         return read_entries(self.journal_path) if self.journal_path.exists() else []

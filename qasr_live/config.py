@@ -354,7 +354,11 @@ class WebSocketConfig:
     """The caption/control WebSocket server."""
 
     enabled: bool = _opt(True, "serve events to caption subscribers")
-    host: str = _opt("127.0.0.1", "address to bind; anything but localhost exposes your dictation", non_empty=True)
+    host: str = _opt(
+        "127.0.0.1",
+        "address to bind; anything but localhost exposes your dictation (and needs require_token)",
+        non_empty=True,
+    )
     port: int = _opt(8765, "TCP port; 0 = any free port (written to the runtime directory)", minimum=0, maximum=65535)
     require_token: bool = _opt(True, "clients must present the token from the runtime directory")
     replay_events: int = _opt(2000, "events kept for `subscribe` with since_seq", minimum=0)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from qasr_live import __version__
+from qasr_live.audio.capture import MicrophoneSource
 from qasr_live.audio.cues import Cues
 from qasr_live.audio.pcm import SAMPLE_RATE
 from qasr_live.audio.source import AudioSource
@@ -46,7 +47,6 @@ from qasr_live.dictation.effects import (
     OpenMic,
     Publish,
     ScheduleTick,
-    SetRecognition,
     Type,
 )
 from qasr_live.engine.generation import AnswerLength
@@ -57,18 +57,19 @@ from qasr_live.events import (
     ControlAction,
     DictationState,
     EndReason,
+    ErrorEvent,
     RecordMode,
     StateEvent,
     UtteranceEndEvent,
     UtteranceStartEvent,
 )
 from qasr_live.notifications import Notifier
-from qasr_live.outputs.delivery import Delivery, rules_for
+from qasr_live.outputs.delivery import Delivery, ErrorHook, rules_for
 from qasr_live.outputs.journal import Journal, default_journal_path
 from qasr_live.outputs.typing import Typist
-from qasr_live.outputs.websocket import WebSocketServer
+from qasr_live.outputs.websocket import WebSocketServer, check_bind
 from qasr_live.outputs.word_times import LiveWordTimes
-from qasr_live.runtime import RuntimeFiles
+from qasr_live.runtime import RuntimeFiles, write_private
 from qasr_live.service import notify
 from qasr_live.streaming.recognizer import StreamingRecognizer
 
@@ -110,6 +111,13 @@ class Daemon:
         self._pumped = asyncio.Condition()
         self._pumped_samples = 0
         self._word_times: LiveWordTimes | None = None  # recognition.timestamps with an aligner
+        self._ctl: CtlServer | None = None
+        self._stack = contextlib.AsyncExitStack()  # run()'s: what the runtime guard takes lives as long as the daemon
+        self._restore_now = asyncio.Event()
+        self.last_error: dict[str, Any] | None = None  # the last failure reported to the user (status shows it)
+        # Called with (code, message) of every failure the user must hear about (a full disk...), after the log
+        # and the ``error`` event: the hook for desktop notifications.
+        self.on_error: list[ErrorHook] = []
 
     # --------------------------------------------------------------------------------------------- lifecycle
 
@@ -117,6 +125,10 @@ class Daemon:
         loop = asyncio.get_running_loop()
         async with contextlib.AsyncExitStack() as stack:
             stack.enter_context(self.runtime.instance_lock())  # before anything loads: a second daemon fails at once
+            if self.cfg.websocket.enabled:
+                check_bind(self.cfg.websocket)  # a refused configuration costs no model load
+            if isinstance(self._source, MicrophoneSource):
+                await self._source.check()  # a missing device is refused now in every mode, not at a key press
             stack.callback(self._recognizer_thread.shutdown, wait=True)
             notify("STATUS=loading the model")
             stack.push_async_callback(self._on_recognizer_thread, self._close_engine)
@@ -130,7 +142,22 @@ class Daemon:
                 typing_cfg = dataclasses.replace(typing_cfg, voice_commands=False, punctuation_words="off")
             rules = rules_for(typing_cfg, self.cfg.recognition.language)
             notifier = Notifier(enabled=self.cfg.feedback.notifications)
-            self._delivery = delivery = Delivery(self._hub, journal, typist, rules, notifier)
+
+            # every reported failure (a full disk, the microphone gone) also reaches the desktop, off the loop:
+            # a D-Bus round trip must not hold up the audio pump
+            def notify_desktop(_code: str, message: str) -> None:
+                loop.run_in_executor(None, lambda: notifier.notify("Dictation problem", message, urgency="critical"))
+
+            self.on_error.append(notify_desktop)
+            self._delivery = delivery = Delivery(
+                self._hub,
+                journal,
+                typist,
+                rules,
+                notifier,
+                on_error=self.report_error,
+                fallback=self.runtime.dir / "journal-unsaved.jsonl",
+            )
             stack.callback(delivery.close)
             feedback = self.cfg.feedback
             self._cues = cues = Cues(feedback.sounds, feedback.duck_volume)
@@ -142,17 +169,20 @@ class Daemon:
             if self.cfg.recognition.timestamps:
                 self._word_times = await self._start_word_times()
                 stack.push_async_callback(self._word_times.close)  # unwound before the server: words get out
-            ctl = CtlServer.for_runtime(self.runtime, self.control, self.status, lock=False)  # held since start-up
-            stack.push_async_callback(ctl.close)
-            await ctl.start()
+            self._ctl = CtlServer.for_runtime(self.runtime, self.control, self.status, lock=False)  # lock held
+            stack.push_async_callback(lambda: self._ctl.close() if self._ctl is not None else asyncio.sleep(0))
+            await self._ctl.start()
+            self._stack = stack
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self._hangup)  # default: die mid-sentence; here: keep serving
+            stack.callback(loop.remove_signal_handler, signal.SIGHUP)
             stack.callback(install_signal_handlers(loop, self.control))
             await self._start_hotkeys(stack, typist)
             stack.push_async_callback(self._source.close)
             if self._dictation.active or not self._source.is_microphone:
                 await self._source.start()
-            self.runtime.pid_file.write_text(f"{os.getpid()}\n")
+            write_private(self.runtime.pid_file, f"{os.getpid()}\n")  # 0600 like every runtime file
             stack.callback(self.runtime.pid_file.unlink, missing_ok=True)
             stack.push_async_callback(self._finish_dictation)  # unwound first: the last words reach every output
             self._apply(self._dictation.started())
@@ -162,14 +192,58 @@ class Daemon:
             try:
                 async with asyncio.TaskGroup() as tasks:
                     pump = tasks.create_task(self._pump_audio(), name="audio-pump")
+                    guard = tasks.create_task(self._guard_runtime_dir(), name="runtime-guard")
                     await self._stopping.wait()
                     notify("STOPPING=1")
                     pump.cancel()
+                    guard.cancel()
             except ExceptionGroup as group:  # the pump failed: shut down cleanly, then say why
                 raise group.exceptions[0] from None
 
     def stop(self) -> None:
         self._stopping.set()
+
+    # ----------------------------------------------------------------------------------------- runtime directory
+
+    def _hangup(self) -> None:
+        """SIGHUP (a closed terminal, or `kill -HUP`): no reason to stop dictating; it restores the runtime
+        directory's files at once if they were removed."""
+        _LOGGER.info("SIGHUP: the daemon keeps running (stop it with SIGTERM); checking the runtime directory")
+        self._restore_now.set()
+
+    async def _guard_runtime_dir(self, period_s: float = 2.0) -> None:
+        """Put the runtime directory back when something removed it (a cleaner of /run/user, `rm -r`): without its
+        socket, token and URL files no client could find or reach a daemon that is still dictating."""
+        reported = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._restore_now.wait(), period_s)
+            self._restore_now.clear()
+            files = (self.runtime.ctl_socket, self.runtime.pid_file, self.runtime.lock_file)
+            if all(f.exists() for f in files):
+                continue
+            try:
+                await self._restore_runtime_dir()
+                reported = False
+            except (QasrError, OSError) as e:  # tried again at the next period; reported once
+                if not reported:
+                    self.report_error(
+                        "runtime_dir_lost", f"cannot restore the runtime directory {self.runtime.dir}: {e}"
+                    )
+                reported = True
+
+    async def _restore_runtime_dir(self) -> None:
+        _LOGGER.warning("the runtime directory %s was removed; restoring its files", self.runtime.dir)
+        self.runtime = RuntimeFiles.create(str(self.runtime.dir))
+        # Lock the new lock file too: else a second daemon could start on this directory.
+        self._stack.enter_context(self.runtime.instance_lock())
+        if self._ctl is not None:
+            await self._ctl.close()
+        self._ctl = CtlServer.for_runtime(self.runtime, self.control, self.status, lock=False)
+        await self._ctl.start()
+        if self._server is not None:
+            self._server.write_runtime_files()  # the same tokens: connected and configured clients keep working
+        write_private(self.runtime.pid_file, f"{os.getpid()}\n")
 
     def _load_engine(self) -> None:
         """Encoder process + decoder, then one warm-up decode so the first utterance pays no first-call costs."""
@@ -334,11 +408,14 @@ class Daemon:
             return
         # An engine failure is reported, not fatal; a bug is logged with its traceback (silence would look like
         # "no speech").
+        news = self._dictation.is_news(job)  # not one log line per audio block of an utterance that failed
         if isinstance(exc, QasrError):
-            _LOGGER.error("recognizer: %s", exc)
+            if news:
+                _LOGGER.error("recognizer: %s", exc)
             error = str(exc)
         else:
-            _LOGGER.error("recognizer: internal error", exc_info=exc)
+            if news:
+                _LOGGER.error("recognizer: internal error", exc_info=exc)
             error = f"internal error: {exc!r}"
         self._apply(self._dictation.on_result(job, None, error))
 
@@ -367,15 +444,35 @@ class Daemon:
                 self._apply([effect])
 
     async def set_recognition(self, language: str | None, context: str | None) -> None:
-        """Forced language and context for the following utterances (a WebSocket ``config`` message)."""
+        """Forced language and context for the following utterances (a WebSocket ``config`` message).
+
+        Checked before anything changes (``ConfigError`` naming the limit: the client gets ``config_failed``),
+        so a bad value leaves recognition as it was."""
         overrides: dict[str, Any] = {}
         if language is not None:
             overrides["recognition.language"] = language or None
         if context is not None:
             overrides["recognition.context"] = context
-        self.cfg = with_overrides(self.cfg, overrides, sources={k: "config message" for k in overrides})
-        rec = self.cfg.recognition
-        await asyncio.wait([self._submit(SetRecognition("", rec.language, rec.context))])
+        cfg = with_overrides(self.cfg, overrides, sources={k: "config message" for k in overrides})
+        rec = cfg.recognition
+        recognizer = self._recognizer
+        if recognizer is None:
+            raise ProtocolError("the model is still loading; send the config message again once it is ready")
+        # On the recognizer thread, in order with the jobs queued before it; it raises before changing anything.
+        await self._on_recognizer_thread(lambda: recognizer.set_recognition(rec.language, rec.context))
+        self.cfg = cfg
+
+    def report_error(self, code: str, message: str) -> None:
+        """A failure the user must hear about at once: the log, an ``error`` event, ``status`` and the hooks."""
+        _LOGGER.error("%s", message)
+        self.last_error = {"code": code, "message": message, "time": round(time.monotonic() - self._started, 1)}
+        self._dictation.counts["errors"] += 1
+        self._hub.publish(ErrorEvent(code=code, message=message, fatal=False))
+        for hook in self.on_error:
+            try:
+                hook(code, message)
+            except Exception:  # a broken notifier must not take the report (or the daemon) down with it
+                _LOGGER.exception("an on_error hook failed")
 
     def status(self) -> dict[str, Any]:
         d = self._dictation
@@ -392,8 +489,16 @@ class Daemon:
             "encoder_pid": self._encoder.pid if self._encoder is not None else None,
             "encoder_restarts": self._encoder.restarts if self._encoder is not None else 0,
             "audio": self._source.stats.as_dict(),
+            "journal": self._journal_status(),
+            "last_error": self.last_error,
             **d.counts,
         }
+
+    def _journal_status(self) -> dict[str, Any] | None:
+        delivery = self._delivery
+        if not self.cfg.journal.enabled or delivery is None:
+            return None
+        return {"ok": delivery.journal_error is None, "error": delivery.journal_error, "unsaved": delivery.unsaved}
 
 
 def serve(cfg: AppConfig, model: ModelDir, *, answer_length: AnswerLength | None = None) -> int:

@@ -367,6 +367,8 @@ def event_from_json(text: str | bytes) -> tuple[int | None, _Message]:
         data = json.loads(text)
     except (ValueError, TypeError) as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ProtocolError(f"message is not valid JSON: {e}") from None
+    except RecursionError:  # `[[[[...` deeper than Python's stack: hostile, not a protocol message
+        raise ProtocolError("message is nested too deeply: no protocol message nests more than a few levels") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"message must be a JSON object, got {schema.describe(data)}")
     kind = data.pop("type", None)

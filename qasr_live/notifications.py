@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-__all__ = ["REPEAT_S", "Notifier", "notify"]
+__all__ = ["REPEAT_S", "Notifier"]
 
 log = logging.getLogger(__name__)
 
@@ -112,17 +112,3 @@ class Notifier:
             log.debug("notification: notify-send failed: %s", e)
             return None
         return "notify-send" if done.returncode == 0 else None
-
-
-_default: Notifier | None = None
-_default_lock = threading.Lock()
-
-
-def notify(summary: str, body: str = "", *, urgency: str = "normal") -> str:
-    """Notify through the process-wide :class:`Notifier` (this process's session); see :meth:`Notifier.notify`."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = Notifier()
-        notifier = _default
-    return notifier.notify(summary, body, urgency=urgency)

@@ -23,6 +23,7 @@ from qasr_live.engine.loading import open_decoder, stop_ids
 from qasr_live.engine.model_dir import open_model_dir
 from qasr_live.engine.prompt import prompt_head, prompt_tail
 from qasr_live.engine.worker import EncoderWorker
+from qasr_live.errors import ConfigError
 from qasr_live.streaming import recognizer as rec_module
 from qasr_live.streaming.commit_policy import CommitPolicy, starts_word, word_boundary
 from qasr_live.streaming.memory import DecoderMemory, MemoryEntry
@@ -725,3 +726,27 @@ def test_surface_and_stats(make, report):
         f"streaming tick on the tiny model (5 s, ticks 0.5 s): median {median['total_ms']:.1f} ms (encoder "
         f"{median['encoder_ms']:.1f}, prefill {median['prefill_ms']:.1f}); endpoint {final.stats.total_ms:.1f} ms"
     )
+
+
+def test_bad_context_is_refused_and_a_failed_begin_leaves_no_utterance(make) -> None:
+    """Issue #24 item 2: a context the prompt cannot hold is refused before anything changes, and an utterance
+    whose start fails (here: a prefill that cannot encode its context) leaves the recognizer free."""
+    rec = make(context="qasr")
+    limit = rec.decoder.n_ctx // 4
+    for context, message in (("\ud800", "not valid text"), ("word " * (2 * limit), f"at most {limit} tokens")):
+        with pytest.raises(ConfigError, match=message):
+            rec.set_recognition("English", context)
+        with pytest.raises(ConfigError, match=message):
+            make(context=context)
+    rec.begin()
+    rec.add_audio(speechy(1.0, 3))
+    rec.finish()
+    assert rec.last_prompt.head == rec.decoder.tokenize(prompt_head("qasr"))  # unchanged by the refusals
+    rec._context = "\ud800"  # past the check: what any failure inside begin()'s prefill does
+    with pytest.raises(UnicodeEncodeError):
+        rec.begin()
+    assert not rec.active
+    rec._context = ""
+    rec.begin()  # not "begin() while an utterance is active"
+    rec.add_audio(speechy(1.0, 4))
+    assert rec.finish().stats.audio_s == pytest.approx(1.0)

@@ -200,6 +200,21 @@ class MicrophoneSource(BlockSource):
                 self._signal(str(exc), error=True)  # the supervisor logs it and retries with backoff
             self._supervisor = asyncio.create_task(self._supervise(), name="qasr-mic-supervisor")
 
+    async def check(self) -> None:
+        """Raise the :class:`AudioDeviceError` that ``start()`` would, without opening anything: the daemon calls
+        it before loading the model, so a device that is not there is refused at start-up in every trigger mode,
+        not at the first key press."""
+
+        def find() -> InputDevice:
+            sd = portaudio()
+            try:
+                return find_input_device(self.device, query_input_devices(sd), default_hostapi_name(sd))
+            except AudioDeviceError:
+                reinitialize(sd)  # as _open_blocking: a device plugged in since PortAudio enumerated
+                return find_input_device(self.device, query_input_devices(sd), default_hostapi_name(sd))
+
+        await portaudio_call(find)
+
     async def stop(self) -> None:
         """Close the device. When it returns, everything captured (the resampler's tail included) is queued:
         ``drain()`` takes it at once; ``read()`` returns it, then waits for the next ``start()``."""

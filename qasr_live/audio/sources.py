@@ -113,7 +113,10 @@ class StdinSource(BlockSource):
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _read_raw(self, n: int) -> bytes:
-        stream = sys.stdin.buffer if self._stream is None else self._stream
+        # This process's stdin is read with os.read on its descriptor, never through sys.stdin.buffer: a daemon
+        # thread blocked inside a buffered read holds the buffer's lock, and an interpreter exiting meanwhile (a
+        # SIGTERM) aborts with "Fatal Python error: _enter_buffered_busy".
+        stream = sys.stdin.fileno() if self._stream is None else self._stream
         if isinstance(stream, int):
             return os.read(stream, n)
         read1 = getattr(stream, "read1", None)

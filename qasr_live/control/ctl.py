@@ -234,7 +234,11 @@ class CtlServer:
             self._tasks.add(task)
         try:
             reply = await self._reply(reader)
-            writer.write((json.dumps(reply, ensure_ascii=False, default=str) + "\n").encode())
+            try:
+                data = json.dumps(reply, ensure_ascii=False, default=str).encode()
+            except UnicodeEncodeError:  # a lone surrogate echoed from the request: \u escapes are still JSON
+                data = json.dumps(reply, default=str).encode()
+            writer.write(data + b"\n")
             await asyncio.wait_for(writer.drain(), self.read_timeout_s)
         except (TimeoutError, ConnectionError):
             pass
@@ -287,6 +291,8 @@ def _parse_request(line: bytes) -> str:
             data = json.loads(text)
         except ValueError as e:
             raise ProtocolError(f"the request is not valid JSON: {e}") from None
+        except RecursionError:  # `{"a":[[[[...` deeper than Python's stack
+            raise ProtocolError('the request is nested too deeply; send {"command": "..."}') from None
         command = data.get("command") if isinstance(data, dict) else None
         if not isinstance(command, str):
             raise ProtocolError('the request needs a "command" string, e.g. {"command": "toggle"}')

@@ -85,6 +85,7 @@ class _Utterance:
     commits: int = 0
     rev: int = 0
     begun: bool = False  # the Begin job is done
+    failed: bool = False  # a job of it failed and was reported: the errors that follow from it are not news
     ended: bool = False  # end() was called; a running tick may still report
     cancelled: bool = False
     first_partial_ms: float | None = None
@@ -318,14 +319,26 @@ class DictationController:
             self._out.append(TickJob(utt.id))
         return self._take()
 
+    def _find(self, utterance_id: str) -> _Utterance | None:
+        utt = self._utt if self._utt is not None and self._utt.id == utterance_id else None
+        return utt or self._ending.get(utterance_id)
+
+    def is_news(self, job: Job) -> bool:
+        """Whether a failure of ``job`` should be reported: one report per utterance that went wrong (after a
+        failed Begin or AddAudio, each later job of that utterance fails for the same reason)."""
+        utt = self._find(job.utterance_id)
+        return utt is None or not utt.failed
+
     def on_result(self, job: Job, result: Any, error: str | None = None) -> list[Effect]:
         """A recognizer job is done: ``result`` is what ``job.run`` returned, or ``error`` says why it failed."""
+        utt = self._find(job.utterance_id)
         if error is not None:
-            self.counts["errors"] += 1
-            self._out.append(Publish(ErrorEvent(code="recognizer", message=error, fatal=False)))
+            if self.is_news(job):
+                self.counts["errors"] += 1
+                self._out.append(Publish(ErrorEvent(code="recognizer", message=error, fatal=False)))
+            if utt is not None and isinstance(job, Begin | AddAudio):
+                utt.failed = True  # its later jobs fail for the same reason (no utterance in the recognizer)
             result = None
-        utt = self._utt if self._utt is not None and self._utt.id == job.utterance_id else None
-        utt = utt or self._ending.get(job.utterance_id)
         if utt is not None:
             if isinstance(job, Begin):
                 self._on_begun(utt)

@@ -10,14 +10,26 @@ what is typed (``typed``, ``scratch``). The rules hold back trailing white space
 command until more text of the same utterance follows; what is still held when the utterance ends is let out by
 :meth:`Delivery.end` as one more journaled commit with empty ``text``. The typist puts ``typing.separator``
 between utterances.
+
+When the journal cannot be written (a full disk, an I/O error, a file system remounted read-only) the user's
+words matter more than the order: the commit is still published and typed, kept in memory as *unsaved*, and the
+failure is reported once through ``on_error`` (the daemon logs it, publishes an ``error`` event, shows it in
+``status`` and notifies the desktop). Unsaved commits are written, in order, before the next commit and every
+``retry_s`` until the journal works again; at shutdown what still cannot be written goes to ``fallback`` (a file
+elsewhere, normally the runtime directory) and, at worst, to the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from qasr_live.bus import EventHub
 from qasr_live.config import TypingConfig
@@ -28,6 +40,24 @@ from qasr_live.outputs.typing import OutputResult, Typist
 from qasr_live.outputs.typing.rules import Release, TextRules
 
 _LOGGER = logging.getLogger(__name__)
+
+JOURNAL_WRITE_FAILED = "journal_write_failed"  # the ``error`` event code of a journal the disk refuses
+
+#: ``on_error(code, message)``: a failure the user must hear about (the daemon logs, publishes and notifies).
+ErrorHook = Callable[[str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Unsaved:
+    """A commit that was delivered but not journaled yet."""
+
+    utterance_id: str
+    idx: int
+    text: str
+    audio_start: float
+    audio_end: float
+    typed: str | None
+    scratch: bool
 
 
 def rules_for(config: TypingConfig, language: str | None) -> TextRules:
@@ -50,12 +80,22 @@ class Delivery:
         typist: Typist | None,
         rules: TextRules | None = None,
         notifier: Notifier | None = None,
+        *,
+        on_error: ErrorHook | None = None,
+        fallback: Path | None = None,
+        retry_s: float = 5.0,
     ) -> None:
         self._bus = bus
         self._journal = journal
         self._typist = typist
         self.rules = rules or rules_for(TypingConfig(), None)
         self._notifier = notifier
+        self._on_error = on_error
+        self._fallback = fallback
+        self._retry_s = retry_s
+        self._unsaved: list[_Unsaved] = []  # delivered, not yet in the journal: the disk refused them
+        self.journal_error: str | None = None  # why the journal cannot be written now (None: it can)
+        self._retry: asyncio.TimerHandle | None = None
         self._typing_thread = ThreadPoolExecutor(1, thread_name_prefix="qasr-typing") if typist else None
         self._typing: set[asyncio.Future[None]] = set()
         self._released: dict[str, deque[Release]] = {}  # per utterance: what each commit let out, until typed
@@ -71,7 +111,9 @@ class Delivery:
         future.add_done_callback(self._typing_done)
 
     def commit(self, event: CommitEvent, audio_start: float, audio_end: float) -> None:
-        """Apply the text rules, journal, then publish: a subscriber never sees a commit that a crash could lose."""
+        """Apply the text rules, journal, then publish: a subscriber never sees a commit that a crash could lose
+        (unless the disk refuses the journal: then the commit is published anyway and kept for the journal, see
+        the module doc)."""
         release = self.rules.feed(event.utterance_id, event.text)
         self._record(event, release, audio_start, audio_end)
         self._released.setdefault(event.utterance_id, deque()).append(release)
@@ -85,19 +127,71 @@ class Delivery:
             scratch=release.scratch,
         )
         if self._journal is not None:
-            self._journal.append(
-                event.utterance_id,
-                event.idx,
-                event.text,
-                audio_start,
-                audio_end,
-                typed=release.text,
-                scratch=release.scratch,
+            self._unsaved.append(
+                _Unsaved(
+                    event.utterance_id, event.idx, event.text, audio_start, audio_end, release.text, release.scratch
+                )
             )
+            self._save()
         self._bus.publish(typed)
         self._next[event.utterance_id] = (event.idx + 1, audio_start, audio_end)
         while len(self._next) > 16:
             del self._next[next(iter(self._next))]
+
+    @property
+    def unsaved(self) -> int:
+        """How many delivered commits wait for the journal."""
+        return len(self._unsaved)
+
+    def _save(self) -> bool:
+        """Write the unsaved commits, oldest first; False (and the failure reported once) if the disk refuses."""
+        journal = self._journal
+        if journal is None:
+            return True
+        while self._unsaved:
+            c = self._unsaved[0]
+            try:
+                journal.append(
+                    c.utterance_id, c.idx, c.text, c.audio_start, c.audio_end, typed=c.typed, scratch=c.scratch
+                )
+            except OSError as e:
+                self._failed(journal, e)
+                return False
+            self._unsaved.pop(0)
+        if self.journal_error is not None:
+            _LOGGER.warning("journal: %s is written again; every held commit is saved", journal.path)
+            self.journal_error = None
+        return True
+
+    def _failed(self, journal: Journal, e: OSError) -> None:
+        first = self.journal_error is None
+        self.journal_error = f"{e.strerror or e} ({journal.path})"
+        if first:  # once per outage: a full disk must not flood the log and every client with the same line
+            message = (
+                f"cannot write the transcript journal {journal.path}: {e.strerror or e}; the text is still "
+                "typed and published, held in memory and written when the journal works again (free disk space, "
+                "or fix the file system)"
+            )
+            if self._on_error is not None:
+                self._on_error(JOURNAL_WRITE_FAILED, message)
+            else:
+                _LOGGER.error("%s", message)
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        if self._retry is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (closing): the caller writes the fallback
+            return
+
+        def retry() -> None:
+            self._retry = None
+            if self._unsaved:
+                self._save()
+
+        self._retry = loop.call_later(self._retry_s, retry)
 
     def type(self, utterance_id: str, text: str) -> None:
         """Queue a commit (already journaled and published) for the typing thread: what the rules let out of it.
@@ -165,9 +259,39 @@ class Delivery:
             await asyncio.wait(set(self._typing))
 
     def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._typing_thread is not None:
             self._typing_thread.shutdown(wait=True)
         if self._typist is not None:
             self._typist.close()
         if self._journal is not None:
+            if self._unsaved and not self._save():
+                self._save_fallback()
             self._journal.close()
+
+    def _save_fallback(self) -> None:
+        """Shutdown with commits the journal refused: keep them in ``fallback`` (JSON lines, 0600), else the log."""
+        lines = "".join(json.dumps(asdict(c), ensure_ascii=False) + "\n" for c in self._unsaved)
+        if self._fallback is not None:
+            try:
+                fd = os.open(self._fallback, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                try:
+                    os.write(fd, lines.encode("utf-8", "surrogatepass"))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                _LOGGER.error("journal: cannot write the fallback %s either: %s", self._fallback, e.strerror or e)
+            else:
+                _LOGGER.error(
+                    "journal: %d commit(s) could not be journaled; they are kept in %s",
+                    len(self._unsaved),
+                    self._fallback,
+                )
+                self._unsaved.clear()
+                return
+        for c in self._unsaved:  # the last resort: the log (the journal of systemd) keeps the words
+            _LOGGER.error("journal: unsaved commit %s/%d: %s", c.utterance_id, c.idx, c.text)
+        self._unsaved.clear()

@@ -71,7 +71,7 @@ class JournalEntry:
         """The entry of one journal line, or ``None`` if the line is not a valid entry."""
         try:
             d = json.loads(line)
-        except ValueError:  # also UnicodeDecodeError
+        except (ValueError, RecursionError):  # also UnicodeDecodeError; a line of `[[[[...` is no entry either
             return None
         if not isinstance(d, dict):
             return None

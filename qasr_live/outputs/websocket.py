@@ -31,6 +31,7 @@ import functools
 import hmac
 import http
 import inspect
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -66,6 +67,8 @@ __all__ = [
     "ConfigHandler",
     "ControlHandler",
     "WebSocketServer",
+    "check_bind",
+    "is_loopback",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,7 @@ MAX_MESSAGE_BYTES = 1 << 16  # clients send tiny JSON messages; the longest is a
 _EVENT_TYPES = frozenset(cls.TYPE for cls in SERVER_EVENTS)
 _LOCAL_ORIGINS = frozenset({"localhost", "127.0.0.1", "::1"})
 _QUERY_KEYS = ("token", "since_seq", "session", "events")
+_MAX_SEQ_DIGITS = 18  # any seq of a daemon's life fits; int() of thousands of digits is slow, then refused
 
 # Called with the action a client asked for; may be a coroutine.
 ControlHandler = Callable[[ControlAction], Awaitable[object] | object]
@@ -91,6 +95,26 @@ class _Admission:
     since_seq: int | None
     session: str | None
     events: list[str] | None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def check_bind(config: WebSocketConfig) -> None:
+    """Refuse to serve other machines without a token: a tokenless remote client would read and control
+    dictation (a ``ConfigError`` naming both keys); checked before the daemon loads the model."""
+    if not is_loopback(config.host) and not config.require_token:
+        raise ConfigError(
+            f"websocket.host {config.host!r} accepts other machines, so websocket.require_token must be true; "
+            "set it to true (clients then need the token), or bind 127.0.0.1"
+        )
 
 
 class _Rejection(NamedTuple):
@@ -152,6 +176,7 @@ class WebSocketServer:
         """Listen, write ``ws://HOST:PORT`` to the runtime directory (0600) and return it."""
         if self._server is not None:
             raise RuntimeError("the WebSocket server is already running")
+        check_bind(self.config)
         self._tokens = self.runtime.tokens()
         host, port = self.config.host, self.config.port
         try:
@@ -173,12 +198,29 @@ class WebSocketServer:
                 f"websocket: cannot listen on {host}:{port}: {e.strerror or e}; choose another websocket.port "
                 "(0 picks a free one) or stop the program using it"
             ) from None
-        addr, bound_port = self._server.sockets[0].getsockname()[:2]
-        addr = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr, addr)  # the file is for local clients
-        self.url = f"ws://[{addr}]:{bound_port}" if ":" in addr else f"ws://{addr}:{bound_port}"
+        bound, bound_port = self._server.sockets[0].getsockname()[:2]
+        addr = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound, bound)  # the file is for local clients
+        self.url = _url(addr, bound_port)
         write_private(self.runtime.websocket_url_file, self.url + "\n")
-        log.info("websocket: listening on %s", self.url)
+        if is_loopback(bound):
+            log.info("websocket: listening on %s", self.url)
+        else:  # said once, at start: what is exposed, and to whom
+            log.warning(
+                "websocket: listening on %s, reachable from other machines (websocket.host %s); clients need the "
+                "token; local clients use %s",
+                _url(bound, bound_port),
+                self.config.host,
+                self.url,
+            )
         return self.url
+
+    def write_runtime_files(self) -> None:
+        """Write the tokens (the ones in use) and the URL file again: the runtime directory was removed."""
+        if self._tokens is None or self.url is None:
+            return
+        write_private(self.runtime.dir / "token", self._tokens.control + "\n")
+        write_private(self.runtime.dir / "read-token", self._tokens.read + "\n")
+        write_private(self.runtime.websocket_url_file, self.url + "\n")
 
     async def stop(self) -> None:
         """Close every connection (1001), stop listening and remove the URL file; idempotent.
@@ -236,7 +278,8 @@ class WebSocketServer:
         for key, values in query.items():
             if key not in _QUERY_KEYS:
                 return _Rejection(
-                    http.HTTPStatus.BAD_REQUEST, f"unknown query parameter {key!r} (known: {', '.join(_QUERY_KEYS)})"
+                    http.HTTPStatus.BAD_REQUEST,
+                    f"unknown query parameter {key[:40]!r} (known: {', '.join(_QUERY_KEYS)})",
                 )
             if len(values) > 1:
                 return _Rejection(http.HTTPStatus.BAD_REQUEST, f"query parameter {key!r} given more than once")
@@ -244,13 +287,18 @@ class WebSocketServer:
         if isinstance(scopes, _Rejection):
             return scopes
         since = query.get("since_seq", [None])[0]
-        if since is not None and not (since.isascii() and since.isdigit()):
-            return _Rejection(http.HTTPStatus.BAD_REQUEST, f"since_seq must be a non-negative integer, got {since!r}")
+        if since is not None and not (since.isascii() and since.isdigit() and len(since) <= _MAX_SEQ_DIGITS):
+            return _Rejection(
+                http.HTTPStatus.BAD_REQUEST,
+                f"since_seq must be a non-negative integer of at most {_MAX_SEQ_DIGITS} digits, got {since[:40]!r}",
+            )
         events = query.get("events", [None])[0]
         names = None if events is None else [e for e in events.split(",") if e]
         if names is not None and (bad := [e for e in names if e not in _EVENT_TYPES]):
             known = ", ".join(sorted(_EVENT_TYPES))
-            return _Rejection(http.HTTPStatus.BAD_REQUEST, f"events: unknown event type {bad[0]!r} (known: {known})")
+            return _Rejection(
+                http.HTTPStatus.BAD_REQUEST, f"events: unknown event type {bad[0][:40]!r} (known: {known})"
+            )
         return _Admission(
             scopes=scopes,
             since_seq=None if since is None else int(since),
@@ -407,6 +455,10 @@ class WebSocketServer:
         except Exception:
             log.exception("websocket: %s handler failed on %r", message.TYPE, message)
             sub.reply(_error("internal_error", f"the daemon failed to handle {message.TYPE}; see its log"))
+
+
+def _url(addr: str, port: int) -> str:
+    return f"ws://[{addr}]:{port}" if ":" in addr else f"ws://{addr}:{port}"
 
 
 def _error(code: str, message: str) -> ErrorEvent:

@@ -66,7 +66,7 @@ from qasr_live.engine.kv_cache import PrefixCache
 from qasr_live.engine.loading import MIN_SECONDS, open_decoder, stop_ids
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.engine.prompt import ASR_TEXT, Prompt, build_prompt, prompt_head, prompt_tail, split_answer
-from qasr_live.errors import EncoderCrashed
+from qasr_live.errors import ConfigError, EncoderCrashed
 from qasr_live.streaming.commit_policy import CommitPolicy
 from qasr_live.streaming.memory import DecoderMemory, MemoryEntry
 from qasr_live.streaming.results import Commit, Final, Partial, StatsSum, Tick
@@ -109,7 +109,7 @@ class StreamingRecognizer:
         self.stop_ids = stop_ids(self.decoder)
         self.memory = DecoderMemory(streaming.memory_tokens, streaming.memory_utterances)
         self._agreement_samples = streaming.agreement_ms * SAMPLE_RATE // 1000
-        self._language, self._context = language, context
+        self._language, self._context = language, ""
         self._utt: Utterance | None = None
         self._kv = PrefixCache(self.decoder)
         self._interrupt = threading.Event()
@@ -119,11 +119,35 @@ class StreamingRecognizer:
         self.last_prompt: Prompt | None = None
         self.last_generation: Generation | None = None
         self.last_rows: np.ndarray | None = None
+        try:
+            self.set_recognition(language, context)  # config.yaml's context: refused at start, like a message's
+        except BaseException:
+            self.decoder.close()
+            raise
 
     # --- public surface ---------------------------------------------------------------------------------------
     def set_recognition(self, language: str | None, context: str) -> None:
-        """Forced language (None: auto-detect) and context for the next utterances (not the current one)."""
+        """Forced language (None: auto-detect) and context for the next utterances (not the current one).
+        A context the prompt cannot hold is refused (``ConfigError``) and nothing changes."""
+        self.check_context(context)
         self._language, self._context = language, context
+
+    def check_context(self, context: str) -> None:
+        """Refuse a context that is not text (a lone surrogate cannot be encoded) or that takes more than a quarter
+        of the decoder's context window: every utterance would fail (or hear nothing) until it is changed."""
+        try:
+            context.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ConfigError(
+                f"recognition.context: not valid text ({e.reason} at character {e.start}); send UTF-8 text"
+            ) from None
+        limit = self.decoder.n_ctx // 4
+        n = len(self.decoder.tokenize(prompt_head(context))) - len(self._tokenize(prompt_head("")))
+        if n > limit:
+            raise ConfigError(
+                f"recognition.context: {n} tokens ({len(context)} characters) is too long; at most {limit} tokens "
+                f"(a quarter of engine.n_ctx {self.decoder.n_ctx}): shorten it to the names and terms that matter"
+            )
 
     @property
     def active(self) -> bool:
@@ -157,7 +181,11 @@ class StreamingRecognizer:
         )
         if self._utt.header_fixed:
             self._utt.language_now = header
-        self._prefill_memory(self._utt.context, entries)
+        try:
+            self._prefill_memory(self._utt.context, entries)
+        except BaseException:
+            self._utt = None  # a failed begin() leaves no utterance behind: the next one can begin
+            raise
 
     def prepare(self) -> None:
         """Prefill the next utterance's system turn and decoder memory now, between utterances, so that begin()
@@ -224,7 +252,14 @@ class StreamingRecognizer:
     def finish(self, use_speculation: bool = False) -> Final:
         """The endpoint: decode all the audio, commit everything, put the utterance into the decoder memory.
         `use_speculation`: the caller knows that only silence came after the last speculate(): its decode is
-        the final one (the audio after it is not decoded)."""
+        the final one (the audio after it is not decoded). The utterance is over even when this fails (a decoder
+        error): the next begin() must not find it still active."""
+        try:
+            return self._finish(use_speculation)
+        finally:
+            self._utt = None
+
+    def _finish(self, use_speculation: bool) -> Final:
         t0 = time.perf_counter()
         utt = self._require()
         self._interrupt.clear()
