@@ -134,8 +134,9 @@ class Disk:
             subprocess.run(["umount", "-l", str(self.root)], check=False)
 
 
-def test_full_disk_reports_delivers_and_recovers(tmp_path: Path, sentences) -> None:
+def test_full_disk_reports_delivers_and_recovers(tmp_path: Path, sentences, report) -> None:
     disk = Disk(tmp_path)
+    report(f"full disk: {'a real 256 KiB tmpfs, filled up' if disk.real else 'ENOSPC injected (cannot mount a tmpfs)'}")
     try:
         journal = disk.root / "journal.jsonl"
         daemon, mic = start_daemon(tmp_path, faults=not disk.real, journal={"path": str(journal)})
