@@ -88,7 +88,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             from qasr_live.engine.aligner import Aligner
             from qasr_live.offline.timestamps import align_transcript
 
-            aligner = stack.enter_context(Aligner(aligner_model, threads=e.decoder_threads, setting="--aligner"))
+            aligner = stack.enter_context(
+                Aligner(aligner_model, threads=e.decoder_threads, n_gpu_layers=e.n_gpu_layers, setting="--aligner")
+            )
         encoder = stack.enter_context(
             EncoderWorker.for_offline(model.frontend, model.backend, e.encoder_threads, e.decoder_threads)
         )

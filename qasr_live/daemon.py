@@ -290,7 +290,8 @@ class Daemon:
                 "recognition.timestamps needs a Qwen3-ForcedAligner model: install it with `qasr-live pull "
                 "Qwen/Qwen3-ForcedAligner-0.6B` and set model.aligner, or set recognition.timestamps: false."
             )
-        word_times = LiveWordTimes(aligner, self._hub, threads=1)
+        # one thread: the recognizer keeps the others for the next utterance
+        word_times = LiveWordTimes(aligner, self._hub, threads=1, n_gpu_layers=self.cfg.engine.n_gpu_layers)
         await word_times.start()
         return word_times
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from qasr_live.offline import formats
-from qasr_live.offline.formats import FORMATS, render, write_outputs
+from qasr_live.offline.formats import FORMATS, CueLimits, render, write_outputs
 from qasr_live.offline.transcript import Segment, Stats, Transcript
 
 
@@ -164,3 +164,80 @@ def test_write_outputs_rejects_unknown_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r"'doc'.*txt, srt, vtt, json"):
         write_outputs(sample(), tmp_path / "a.wav", ["txt", "doc"])
     assert os.listdir(tmp_path) == []
+
+
+def _timed(text: str, start: float, step: float, words: list[str]) -> Segment:
+    from qasr_live.offline.transcript import Word
+
+    timed = tuple(
+        Word(w, round(start + i * step, 3), round(start + i * step + step * 0.8, 3)) for i, w in enumerate(words)
+    )
+    return Segment(start, start + len(words) * step, text, timed)
+
+
+def _cue_blocks(srt: str) -> list[tuple[float, float, list[str]]]:
+    def seconds(stamp: str) -> float:
+        h, m, rest = stamp.split(":")
+        s, ms = rest.split(",")
+        return int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000
+
+    cues = []
+    for block in srt.strip().split("\n\n"):
+        lines = block.split("\n")
+        a, b = lines[1].split(" --> ")
+        cues.append((seconds(a), seconds(b), lines[2:]))
+    return cues
+
+
+LONG_SENTENCE = "Hello, world! This is a test of the cue cutter, which never splits a word."
+
+
+@pytest.mark.parametrize(
+    ("text", "words", "limits"),
+    [
+        (
+            LONG_SENTENCE,
+            LONG_SENTENCE.split(),
+            CueLimits(max_seconds=3.0, line_chars=12, lines=2),
+        ),
+        (
+            "你好，世界。不能算是我们的问题",
+            ["你", "好，", "世", "界。", "不", "能", "算", "是", "我", "们", "的", "问", "题"],
+            CueLimits(max_seconds=2.0, line_chars=4, lines=1),
+        ),
+        (
+            "supercalifragilistic word",
+            ["supercalifragilistic", "word"],
+            CueLimits(max_seconds=6.0, line_chars=8, lines=2),
+        ),
+    ],
+)
+def test_word_cues_respect_the_limits_and_never_split_a_word(text, words, limits):
+    seg = _timed(text, 10.0, 0.4, words)
+    cues = _cue_blocks(render(Transcript(text=text, language=None, segments=[seg]), "srt", limits))
+    starts = {w.start for w in seg.words}
+    shown: list[str] = []
+    for a, _, lines in cues:
+        assert a in starts  # every cue starts at a word
+        assert len(lines) <= limits.lines
+        for line in lines:
+            assert len(line) <= limits.line_chars or line in words  # only a word longer than a line overflows
+        shown += lines
+    joined = "".join(shown).replace(" ", "")
+    assert joined == "".join(words)  # every word once, in order, whole
+    spans = [(a, b) for a, b, _ in cues]
+    assert all(b - a <= limits.max_seconds + 0.4 for a, b in spans)
+    vtt = render(Transcript(text=text, language=None, segments=[seg]), "vtt", limits)
+    assert vtt.startswith("WEBVTT\n\n") and vtt.count(" --> ") == len(cues)
+
+
+def test_json_carries_words_only_when_aligned():
+    seg = _timed("Hello world.", 0.0, 0.5, ["Hello", "world."])
+    doc = json.loads(
+        render(Transcript(text="Hello world.", language="English", segments=[seg, Segment(1, 2, "x")]), "json")
+    )
+    assert doc["segments"][0]["words"] == [
+        {"text": "Hello", "start": 0.0, "end": 0.4},
+        {"text": "world.", "start": 0.5, "end": 0.9},
+    ]
+    assert "words" not in doc["segments"][1]

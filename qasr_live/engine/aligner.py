@@ -56,6 +56,7 @@ class Aligner:
         *,
         threads: int = 2,
         n_ctx: int = ALIGNER_N_CTX,
+        n_gpu_layers: int = 0,
         encoder: Encoder | None = None,
         setting: str = "model.aligner",
     ) -> None:
@@ -76,7 +77,11 @@ class Aligner:
             )
         self.max_seconds = min(MAX_SECONDS, len(self.classifier) * self.segment_ms / 1000.0)
         self.encoder: Encoder = encoder or AudioEncoder(model.frontend, model.backend, threads=threads)
-        self.decoder = Decoder(model.decoder, n_ctx=n_ctx, n_batch=512, threads=threads, embeddings=True)
+        # n_batch 256: in embeddings mode llama.cpp keeps a full-vocabulary output row per position of a batch
+        # (152064 floats: 156 MB at 256, twice that at 512), and larger batches gain little on a CPU.
+        self.decoder = Decoder(
+            model.decoder, n_ctx=n_ctx, n_batch=256, threads=threads, n_gpu_layers=n_gpu_layers, embeddings=True
+        )
         try:
             self._start = self.decoder.token_id("<|audio_start|>")
             self._end = self.decoder.token_id("<|audio_end|>")

@@ -40,8 +40,16 @@ class _Utterance:
 class LiveWordTimes:
     """Owns the aligner (loaded on its own thread) and the audio ring buffer; publishes on the event loop."""
 
-    def __init__(self, model: ModelDir, hub: EventHub, threads: int = 1, keep_seconds: float = KEEP_SECONDS) -> None:
+    def __init__(
+        self,
+        model: ModelDir,
+        hub: EventHub,
+        threads: int = 1,
+        keep_seconds: float = KEEP_SECONDS,
+        n_gpu_layers: int = 0,
+    ) -> None:
         self._model = model
+        self._n_gpu_layers = n_gpu_layers
         self._hub = hub
         self._threads = threads
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="qasr-aligner")
@@ -55,7 +63,8 @@ class LiveWordTimes:
         """Load the aligner (a second model: seconds) off the event loop."""
         loop = asyncio.get_running_loop()
         self._aligner = await loop.run_in_executor(
-            self._thread, lambda: Aligner(self._model, threads=self._threads, n_ctx=2048)
+            self._thread,
+            lambda: Aligner(self._model, threads=self._threads, n_ctx=2048, n_gpu_layers=self._n_gpu_layers),
         )
 
     async def close(self) -> None:
