@@ -1,7 +1,9 @@
 """Typing committed text into the focused window: pynput/XTest, wtype or clipboard paste, with fallbacks.
 
-The rooms: :mod:`~qasr_live.outputs.typing.chain` (the :class:`Typist`: backend order, fallbacks, the wait for
-held modifiers), :mod:`~qasr_live.outputs.typing.sanitize` (what may be typed at all),
+The rooms: :mod:`~qasr_live.outputs.typing.chain` (the :class:`Typist`: fallbacks, the wait for held modifiers,
+the focused window, "scratch that"), :mod:`~qasr_live.outputs.typing.backends` (the backend order and the
+results), :mod:`~qasr_live.outputs.typing.keyboards` (each backend's connection and delivery),
+:mod:`~qasr_live.outputs.typing.sanitize` (what may be typed at all),
 :mod:`~qasr_live.outputs.typing.xtest` (the X11 keyboard) and :mod:`~qasr_live.outputs.typing.tools` (wtype and
 the clipboard tools). Which session text goes to is :mod:`qasr_live.desktop`'s question.
 """

@@ -39,14 +39,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import sys
 import threading
 import time
 from collections.abc import Collection, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,89 +52,17 @@ from qasr_live.config import TypingConfig
 from qasr_live.desktop import Session, SessionKind, detect_session
 from qasr_live.errors import TypingBackendError
 from qasr_live.events import OutputBackend
-from qasr_live.outputs.typing.clipboard import XClipboardOwner, paste_failed, paste_wayland, paste_x11
-from qasr_live.outputs.typing.portal import PortalKeyboard
+from qasr_live.outputs.typing.backends import BACKENDS, Attempt, OutputResult, backend_chain, portal_desktop
+from qasr_live.outputs.typing.keyboards import Keyboards
 from qasr_live.outputs.typing.sanitize import sanitize
-from qasr_live.outputs.typing.tools import (
-    clipboard_commands,
-    paste_with_tool,
-    read_clipboard,
-    type_keys,
-    type_with_wtype,
-    write_clipboard,
-)
-from qasr_live.outputs.typing.xtest import XKeyboard
+from qasr_live.outputs.typing.tools import type_keys, write_clipboard
 
 __all__ = ["BACKENDS", "MODIFIERS", "Attempt", "HotkeyState", "OutputResult", "Typist", "backend_chain"]
 
 log = logging.getLogger(__name__)
 
-#: The backends that can deliver text (``OutputBackend.NONE`` is what a result says when nothing was typed).
-BACKENDS: tuple[OutputBackend, ...] = (
-    OutputBackend.PYNPUT,
-    OutputBackend.WTYPE,
-    OutputBackend.PORTAL,
-    OutputBackend.CLIPBOARD,
-)
-
-
-def _portal_desktop(session: Session) -> bool:
-    """GNOME and KDE: no virtual-keyboard protocol (wtype cannot work), the RemoteDesktop portal instead."""
-    names = {part.strip().lower() for part in session.desktop.split(":")}
-    return bool(names & {"gnome", "kde"})  # (Ubuntu: "ubuntu:GNOME")
-
-
 #: Generic modifier names, as the hotkey listener reports them.
 MODIFIERS: tuple[str, ...] = ("ctrl", "alt", "shift", "cmd", "alt_gr")
-
-
-def backend_chain(configured: str, session: Session) -> list[OutputBackend]:
-    """The backends to try, in order, for ``typing.backend`` = ``configured`` in ``session``."""
-    if configured != "auto":
-        if configured not in BACKENDS:
-            raise ValueError(f"typing.backend: unknown backend {configured!r}")
-        first = OutputBackend(configured)
-        return [first] if first == OutputBackend.CLIPBOARD else [first, OutputBackend.CLIPBOARD]
-    if session.kind in (SessionKind.X11, SessionKind.MACOS):
-        return [OutputBackend.PYNPUT, OutputBackend.CLIPBOARD]
-    if session.kind == SessionKind.WAYLAND:
-        first = OutputBackend.PORTAL if _portal_desktop(session) else OutputBackend.WTYPE
-        return [first, OutputBackend.CLIPBOARD]
-    return [OutputBackend.CLIPBOARD]
-
-
-# --------------------------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One backend's try at delivering text."""
-
-    backend: OutputBackend
-    ok: bool
-    error: str | None  # why it failed (None when ok)
-    text: str  # what it was asked to deliver
-    delivered: str  # what it is known to have delivered ("" when nothing; the prefix typed before a failure)
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class OutputResult:
-    """What became of one :meth:`Typist.type_text` call.
-
-    ``backend``: the backend that delivered the text (``NONE`` when there was nothing to type or typing is
-    disabled; the last one tried when all failed). ``error``: ``None`` when ``ok``, else every attempt's error.
-    ``attempts``: every try in order; publish one ``output`` event per attempt.
-    """
-
-    backend: OutputBackend
-    ok: bool
-    error: str | None
-    text: str  # the sanitised text that was to be delivered
-    attempts: tuple[Attempt, ...] = ()
-    session: str = ""  # Session.describe()
-    waited_s: float = 0.0  # time spent waiting for modifiers to be released
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
 
 # --------------------------------------------------------------------------------------------- the typist
@@ -174,23 +100,40 @@ class Typist:
         platform: str | None = None,
         portal_token_path: Path | None = None,
     ):
-        self.config = config or TypingConfig()
-        self._hotkeys = hotkeys
+        self._lock = threading.RLock()
         self._env = dict(env) if env is not None else None
         self._platform = platform or sys.platform
-        self.clipboard_restore_s = clipboard_restore_s
-        self._lock = threading.RLock()
-        self._x: dict[str, XKeyboard] = {}  # XTest keyboards by X display
-        self._mac_controller: Any = None  # pynput keyboard controller (macOS)
-        self._restore: threading.Timer | None = None
-        self._saved_clipboard: tuple[str, str | None] | None = None  # (our text, previous text)
+        # the backends' connections, and the clipboard waiting to be put back (keyboards.py)
+        self._keys = Keyboards(
+            config or TypingConfig(),
+            self._lock,
+            self.session,
+            clipboard_restore_s=clipboard_restore_s,
+            portal_token_path=portal_token_path,
+        )
+        self._hotkeys = hotkeys
         self._last_utterance: str | None = None
         self._typed_any = False
-        self._portal: PortalKeyboard | None = None  # GNOME/KDE: the RemoteDesktop portal session
-        self._portal_token_path = portal_token_path
-        self._owners: dict[str, XClipboardOwner] = {}  # X11: this process's clipboard, by display
         self._targets: dict[str, int] = {}  # X11: the window focused when each recent utterance started
         self._typed_len: dict[str, int] = {}  # characters typed per recent utterance (for "scratch that")
+
+    # the backends read these at every call: one value, kept by Keyboards
+    @property
+    def config(self) -> TypingConfig:
+        return self._keys.config
+
+    @config.setter
+    def config(self, config: TypingConfig) -> None:
+        self._keys.config = config
+
+    @property
+    def clipboard_restore_s(self) -> float:
+        """Delay before the clipboard backend puts the previous clipboard text back."""
+        return self._keys.clipboard_restore_s
+
+    @clipboard_restore_s.setter
+    def clipboard_restore_s(self, seconds: float) -> None:
+        self._keys.clipboard_restore_s = seconds
 
     # -- public -------------------------------------------------------------------------------------
 
@@ -249,7 +192,7 @@ class Typist:
             if session.kind != SessionKind.X11 or not session.display:
                 return
             try:
-                self._targets[utterance_id] = self._xkb(session.display).focused_window()
+                self._targets[utterance_id] = self._keys.xkb(session.display).focused_window()
             except TypingBackendError as e:
                 log.warning("typing: cannot read the focused window: %s", e)
                 return
@@ -263,7 +206,7 @@ class Typist:
         if target is None or session.kind != SessionKind.X11 or not session.display:
             return None
         try:
-            now = self._xkb(session.display).focused_window()
+            now = self._keys.xkb(session.display).focused_window()
         except TypingBackendError:
             return None  # the typing attempt reports the display problem itself
         if now == target:
@@ -293,7 +236,7 @@ class Typist:
         count = self._typed_len.pop(target, 0) if target is not None else 0
         session = self.session()
         portal = session.kind == SessionKind.WAYLAND and (
-            self.config.backend == "portal" or (self.config.backend == "auto" and _portal_desktop(session))
+            self.config.backend == "portal" or (self.config.backend == "auto" and portal_desktop(session))
         )
         wayland = OutputBackend.PORTAL if portal else OutputBackend.WTYPE
         backend = wayland if session.kind == SessionKind.WAYLAND else OutputBackend.PYNPUT
@@ -302,11 +245,11 @@ class Typist:
             return Attempt(backend, True, None, "", "", 0.0)
         try:
             if portal:
-                self._portal_keyboard(session).press_keys([0xFF08] * count)  # XK_BackSpace
+                self._keys.portal_keyboard(session).press_keys([0xFF08] * count)  # XK_BackSpace
             elif session.kind == SessionKind.WAYLAND:
                 type_keys(["BackSpace"] * count, session)
             elif session.kind == SessionKind.X11 and session.display:
-                kb = self._xkb(session.display)
+                kb = self._keys.xkb(session.display)
                 for _ in range(count):
                     kb.chord("BackSpace")
             else:
@@ -341,7 +284,7 @@ class Typist:
                 finally:
                     if cleared and session.display:  # press again what we released, like xdotool --clearmodifiers
                         try:
-                            self._xkb(session.display).press(cleared)
+                            self._keys.xkb(session.display).press(cleared)
                         except TypingBackendError as e:
                             notes.append(f"could not press the held modifiers again: {e}")
             ok = attempts[-1].ok
@@ -381,23 +324,13 @@ class Typist:
             break
         return attempts
 
+    def _deliver(self, backend: OutputBackend, text: str, session: Session) -> None:
+        """One backend's try (the seam tests replace to make a backend fail part-way)."""
+        self._keys.deliver(backend, text, session)
+
     def close(self) -> None:
         """Put back a clipboard waiting to be restored and close X connections."""
-        with self._lock:
-            timer, self._restore = self._restore, None
-            if timer is not None:
-                timer.cancel()
-                self._restore_clipboard()
-            keyboards, self._x = self._x, {}
-            owners, self._owners = self._owners, {}
-            portal, self._portal = self._portal, None
-            self._mac_controller = None
-        for kb in keyboards.values():
-            kb.close()
-        for owner in owners.values():
-            owner.close()
-        if portal is not None:
-            portal.close()
+        self._keys.close()
 
     def __enter__(self) -> Typist:
         return self
@@ -417,7 +350,7 @@ class Typist:
         x_codes: dict[str, list[int]] = {}
         if session.kind == SessionKind.X11 and session.display:
             with contextlib.suppress(TypingBackendError):  # the backend reports the display problem itself
-                x_codes = self._xkb(session.display).held()
+                x_codes = self._keys.xkb(session.display).held()
             held.update(x_codes)
         return held, x_codes
 
@@ -444,145 +377,7 @@ class Typist:
 
     def _release_modifiers(self, display: str, codes: list[int], notes: list[str]) -> None:
         try:
-            self._xkb(display).release(codes)
+            self._keys.xkb(display).release(codes)
         except TypingBackendError as e:
             codes.clear()
             notes.append(f"could not release them: {e}")
-
-    # -- backends -----------------------------------------------------------------------------------
-
-    def _deliver(self, backend: OutputBackend, text: str, session: Session) -> None:
-        if backend == OutputBackend.PYNPUT:
-            self._type_pynput(text, session)
-        elif backend == OutputBackend.WTYPE:
-            type_with_wtype(text, session, self.config.char_delay_ms)
-        elif backend == OutputBackend.PORTAL:
-            self._portal_keyboard(session).type(text)
-        else:
-            self._paste_clipboard(text, session)
-
-    def _portal_keyboard(self, session: Session) -> PortalKeyboard:
-        if session.kind != SessionKind.WAYLAND:
-            raise TypingBackendError(
-                f"the RemoteDesktop portal types into Wayland sessions; this is {session.describe()}"
-            )
-        if self._portal is None:
-            self._portal = PortalKeyboard(session.env, token_path=self._portal_token_path)
-        return self._portal
-
-    def _xkb(self, display: str) -> XKeyboard:
-        """The XTest keyboard of ``display``, (re)connected as needed (``TypingBackendError`` names the display)."""
-        kb = self._x.get(display)
-        if kb is None or kb.closed:
-            kb = self._x[display] = XKeyboard(display)
-        return kb
-
-    def _mac(self) -> Any:
-        if self._mac_controller is None:
-            try:
-                from pynput.keyboard import Controller
-
-                self._mac_controller = Controller()
-            except Exception as e:  # pynput fails with many types where it has no backend (ImportError, OSError...)
-                raise TypingBackendError(f"pynput is unavailable: {str(e).splitlines()[0]}") from e
-        return self._mac_controller
-
-    def _type_pynput(self, text: str, session: Session) -> None:
-        delay = self.config.char_delay_ms / 1000.0
-        if session.kind == SessionKind.MACOS:
-            controller = self._mac()
-            for i, ch in enumerate(text):
-                try:
-                    controller.type(ch)
-                except Exception as e:  # pynput's macOS controller raises what Quartz raises: report it as a failure
-                    raise TypingBackendError(
-                        f"failed at character {i + 1} of {len(text)} ({ch!r}): {e}", delivered=i
-                    ) from e
-                if delay:
-                    time.sleep(delay)
-            return
-        if session.kind == SessionKind.WAYLAND:
-            raise TypingBackendError("pynput cannot type into Wayland windows (only XWayland ones); use wtype")
-        if session.kind != SessionKind.X11 or not session.display:
-            raise TypingBackendError(f"no X display to type into: {session.describe()}")
-        reused = session.display in self._x
-        try:
-            self._xkb(session.display).type(text, delay)
-        except TypingBackendError as e:
-            if not (reused and e.delivered == 0 and self._x[session.display].closed):
-                raise
-            # the connection was kept from an X server that has gone since: once more, afresh
-            self._xkb(session.display).type(text, delay)
-
-    # -- clipboard ----------------------------------------------------------------------------------
-
-    def _paste_clipboard(self, text: str, session: Session) -> None:
-        clipboard_commands(session)  # a session without a clipboard fails here, leaving a pending restore alone
-        if session.kind == SessionKind.X11 and session.display:
-            self._paste_x11(text, session, session.display)
-        elif session.kind == SessionKind.WAYLAND:
-            self._paste_wayland(text, session)
-        else:
-            self._paste_mac(text, session)
-
-    def _paste_x11(self, text: str, session: Session, display: str) -> None:
-        press = functools.partial(self._press_paste, session)
-        paste_x11(text, session, display, self._owners, press, self.config.paste_timeout_s)
-
-    def _paste_wayland(self, text: str, session: Session) -> None:
-        paste_wayland(text, session, functools.partial(self._press_paste, session), self.config.paste_timeout_s)
-
-    def _paste_mac(self, text: str, session: Session) -> None:
-        timer, self._restore = self._restore, None
-        if timer is not None:
-            timer.cancel()  # the clipboard still holds our previous text; keep the saved original
-            previous = self._saved_clipboard[1] if self._saved_clipboard else None
-        else:
-            previous = read_clipboard(session)
-        self._saved_clipboard = None
-        write_clipboard(text, session)
-        try:
-            self._press_paste(session)
-        except TypingBackendError as e:
-            raise paste_failed(e, "Cmd+V") from None
-        if previous is not None and previous != text and self.clipboard_restore_s >= 0:
-            self._saved_clipboard = (text, previous)
-            self._restore = threading.Timer(self.clipboard_restore_s, self._restore_later, args=(session,))
-            self._restore.daemon = True
-            self._restore.start()
-
-    def _press_paste(self, session: Session) -> None:
-        if paste_with_tool(session):
-            return
-        if session.kind == SessionKind.X11 and session.display:
-            self._xkb(session.display).chord("Control_L", "v")
-            return
-        controller = self._mac()
-        try:
-            from pynput.keyboard import Key
-
-            with controller.pressed(Key.cmd):
-                controller.press("v")
-                controller.release("v")
-        except Exception as e:  # pynput's macOS controller raises what Quartz raises: report it as a failure
-            raise TypingBackendError(f"cannot press Cmd+V with pynput: {e}") from e
-
-    def _restore_later(self, session: Session) -> None:
-        with self._lock:
-            if self._restore is None or self._restore is not threading.current_thread():
-                return  # cancelled or replaced meanwhile
-            self._restore = None
-            self._restore_clipboard(session)
-
-    def _restore_clipboard(self, session: Session | None = None) -> None:
-        saved, self._saved_clipboard = self._saved_clipboard, None
-        if saved is None:
-            return
-        ours, previous = saved
-        session = session or self.session()
-        try:
-            if read_clipboard(session) != ours:
-                return  # the user copied something meanwhile: leave it
-            write_clipboard(previous or "", session)
-        except TypingBackendError as e:
-            log.warning("typing: could not restore the previous clipboard: %s", e)
