@@ -34,8 +34,8 @@ Final(no_speech=True, text=""); a tick that says `language None` or loops publis
 repetition guard cut is decoded again at higher temperatures (`engine.fallback_retries`, seeded) and the best
 kept: a looping utterance is re-decoded, never dropped (with the fallback off, a loop is no speech).
 
-**Long utterances.** The prompt must fit `engine.n_ctx` with room for generation. When the current part of an
-utterance exceeds `engine.segment_seconds`, or the prompt would not fit (memory entries are dropped from the
+**Long utterances** (rollover.py). The prompt must fit `engine.n_ctx` with room for generation. When the current
+part of an utterance exceeds `engine.segment_seconds`, or the prompt would not fit (memory entries are dropped from the
 utterance's prompt first), the utterance *rolls over* like the offline pipeline's segments: its audio up to the
 last completed window (or chunk) is decoded, all but `rollback_tokens` of its text committed, and it becomes the
 memory of the rest, which is encoded as a new clip. One decode per rollover; nothing is lost or repeated.
@@ -58,10 +58,9 @@ import numpy as np
 
 from qasr_live.audio.pcm import SAMPLE_RATE
 from qasr_live.config import EngineConfig, StreamingConfig
-from qasr_live.engine.encoder import ROWS_PER_CHUNK, Encoder
-from qasr_live.engine.features import HOP, feature_output_length
+from qasr_live.engine.encoder import Encoder
 from qasr_live.engine.generation import AnswerLength, Generation, generate, with_fallback
-from qasr_live.engine.incremental import CHUNK_SAMPLES, CHUNKS_PER_WINDOW, ClipEncoder
+from qasr_live.engine.incremental import ClipEncoder
 from qasr_live.engine.kv_cache import PrefixCache
 from qasr_live.engine.loading import MIN_SECONDS, open_decoder, stop_ids
 from qasr_live.engine.model_dir import ModelDir
@@ -70,6 +69,7 @@ from qasr_live.errors import ConfigError, EncoderCrashed
 from qasr_live.streaming.commit_policy import CommitPolicy
 from qasr_live.streaming.memory import DecoderMemory, MemoryEntry
 from qasr_live.streaming.results import Commit, Final, Partial, StatsSum, Tick
+from qasr_live.streaming.rollover import LongUtterances
 from qasr_live.streaming.utterance import Decoded, Utterance
 
 _LOGGER = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ MAX_ENCODER_RESTARTS = 2  # per encoding; a worker that dies again at once is a 
 _MIN_TICK_SAMPLES = int(MIN_SECONDS * SAMPLE_RATE)
 
 
-class StreamingRecognizer:
+class StreamingRecognizer(LongUtterances):
     """Owns a Decoder; borrows the encoder (AudioEncoder or EncoderWorker: frontend/backend, and restart() for a
     worker). Methods other than add_audio must be called from one thread at a time; add_audio may run
     concurrently with tick()/finish() (the audio it adds is seen by the next one).
@@ -469,7 +469,7 @@ class StreamingRecognizer:
         utt.partial_text = text
         return Partial(utt.partial_rev, text)
 
-    # --- long utterances --------------------------------------------------------------------------------------
+    # --- long utterances (the rest in rollover.py) ----------------------------------------------------------
     def _overhead(self) -> int:
         """Positions a decode needs besides the current clip's rows: system turn, memory, carried rows, header,
         text, and room to generate."""
@@ -484,70 +484,3 @@ class StreamingRecognizer:
             - utt.text_start
             + min(self.engine.max_new_tokens, max(PARTIAL_MAX_NEW_TOKENS, n_ctx // 8))
         )
-
-    def _needs_fit(self, n: int) -> bool:
-        """Whether _fit_context(n) would change anything (drop memory, roll over)."""
-        clip_samples = n - self._require().clip.start
-        over = self._overhead() + feature_output_length(clip_samples // HOP) > self.decoder.n_ctx
-        return over or clip_samples > self.engine.segment_seconds * SAMPLE_RATE
-
-    def _fit_context(self, n: int, stats: StatsSum) -> list[Commit]:
-        """Keep the prompt within n_ctx (with room to generate) and the current clip within segment_seconds:
-        drop memory entries from this utterance's prompt, then roll over."""
-        utt = self._require()
-        n_ctx = self.decoder.n_ctx
-        commits: list[Commit] = []
-        while True:
-            if not self._needs_fit(n):
-                return commits
-            clip_samples = n - utt.clip.start
-            over = self._overhead() + feature_output_length(clip_samples // HOP) > n_ctx
-            if over and utt.memory:
-                utt.memory.pop(0)
-                continue
-            final = ClipEncoder.final_chunks(clip_samples)
-            if final >= 1:
-                commits += self._roll_over(final, stats)
-                continue
-            if over:  # less than a second of new audio and still too much: make room in what is carried
-                self._make_room(feature_output_length(clip_samples // HOP))
-            return commits
-
-    def _make_room(self, rows: int) -> None:
-        """Last resort for a prompt that cannot fit otherwise: forget the carried clip (rows and text), then the
-        oldest prompt text (which may make the model repeat it: only reachable with absurd n_ctx settings)."""
-        utt = self._require()
-        if utt.carry and self._overhead() + rows > self.decoder.n_ctx:
-            _LOGGER.warning("the decoder context is full: the carried audio and its text leave the prompt")
-            utt.carry, utt.text_start = [], utt.clip.text_start
-        excess = self._overhead() + rows - self.decoder.n_ctx
-        if excess > 0:
-            _LOGGER.warning("the decoder context is full: %d tokens of committed text leave the prompt", excess)
-            utt.text_start = min(len(utt.committed), utt.text_start + excess)
-
-    def _roll_over(self, final: int, stats: StatsSum) -> list[Commit]:
-        """Close the current clip at its last completed window (or chunk) that fits the context, decode it, commit
-        all but the rollback tokens, and make it the carried memory of a new clip holding the rest of the audio."""
-        utt = self._require()
-        clip = utt.clip
-        self._make_room(ROWS_PER_CHUNK)
-        fit = max(1, (self.decoder.n_ctx - self._overhead()) // ROWS_PER_CHUNK)
-        cut_chunks = min(final, fit, max(1, int(self.engine.segment_seconds * SAMPLE_RATE) // CHUNK_SAMPLES))
-        cut_chunks = (cut_chunks // CHUNKS_PER_WINDOW) * CHUNKS_PER_WINDOW or cut_chunks
-        cut = clip.start + cut_chunks * CHUNK_SAMPLES
-        blocks = self._encode(clip, utt.audio.view()[clip.start : cut], stats)
-        dec = self._decode(blocks, self.engine.max_new_tokens, stats, fallback=True)
-        commits: list[Commit] = []
-        looped = dec.stopped == "repetition" and not self.engine.fallback_retries  # else re-decoded: keep the best
-        if dec.language != "" and not looped:
-            tail = dec.text_ids
-            k = utt.policy.rollover(tail)
-            commits = self._commit(tail[:k], dec.language, final=False)
-            utt.draft = tail[k:]
-        utt.policy.forget()
-        utt.carry = list(blocks)
-        utt.text_start = clip.text_start
-        utt.clip = ClipEncoder(clip.exact, start=cut, text_start=len(utt.committed))
-        stats.add(rollovers=1)
-        _LOGGER.info("long utterance: rolled over at %.1f s", cut / SAMPLE_RATE)
-        return commits
