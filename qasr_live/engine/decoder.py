@@ -201,22 +201,29 @@ class Decoder:
             )
         for start in range(0, n, self.n_batch):
             m = min(self.n_batch, n - start)
-            if tokens is not None:
-                for i in range(m):
-                    batch.token[i] = tokens[start + i]
-            else:
-                assert rows is not None, "tokens or rows"
-                ctypes.memmove(batch.embd, rows[start : start + m].ctypes.data, m * self.n_embd * 4)
-            for i in range(m):
-                batch.pos[i] = self.n_past + i
-                batch.logits[i] = 1 if all_logits else 0
+            self._fill_batch(batch, start, m, tokens, rows, all_logits)
             last = start + m == n
             batch.logits[m - 1] = 1 if (want_logits and last) else 0
-            batch.n_tokens = m
             rc = self._llama.llama_decode(self._ctx, batch)
             if rc != 0:
                 raise DecoderError(f"llama_decode failed with code {rc} at position {self.n_past}")
             self.n_past += m
+
+    def _fill_batch(
+        self, batch: Any, start: int, m: int, tokens: list[int] | None, rows: np.ndarray | None, logits: bool
+    ) -> None:
+        """Put items ``start`` to ``start + m`` of the feed (tokens, else audio rows) into ``batch``, at the
+        positions after ``n_past``, every row's output flag ``logits``."""
+        if tokens is not None:
+            for i in range(m):
+                batch.token[i] = tokens[start + i]
+        else:
+            assert rows is not None, "tokens or rows"
+            ctypes.memmove(batch.embd, rows[start : start + m].ctypes.data, m * self.n_embd * 4)
+        for i in range(m):
+            batch.pos[i] = self.n_past + i
+            batch.logits[i] = 1 if logits else 0
+        batch.n_tokens = m
 
     def feed_states(
         self, wanted: list[int], *, tokens: list[int] | None = None, rows: np.ndarray | None = None
@@ -243,16 +250,7 @@ class Decoder:
         batch = self._token_batch if tokens is not None else self._embd_batch
         for start in range(0, n, self.n_batch):
             m = min(self.n_batch, n - start)
-            if tokens is not None:
-                for i in range(m):
-                    batch.token[i] = tokens[start + i]
-            else:
-                assert rows is not None, "tokens or rows"
-                ctypes.memmove(batch.embd, rows[start : start + m].ctypes.data, m * self.n_embd * 4)
-            for i in range(m):
-                batch.pos[i] = self.n_past + i
-                batch.logits[i] = 1 if flagged else 0  # with states wanted, every row (else llama.cpp warns)
-            batch.n_tokens = m
+            self._fill_batch(batch, start, m, tokens, rows, bool(flagged))  # with states wanted, every row
             rc = self._llama.llama_decode(self._ctx, batch)
             if rc != 0:
                 raise DecoderError(f"llama_decode failed with code {rc} at position {self.n_past}")
