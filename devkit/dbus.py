@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from devkit.desktop import _die_with_parent, require
+from devkit.desktop import _die_with_parent, require, stop_process
 
 __all__ = ["DBusFailure", "FakeNotifications", "FakeRemoteDesktop", "Service", "SessionBus"]
 
@@ -62,13 +61,7 @@ class SessionBus:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)  # (SIGTERM, as terminate() sends)
         if proc.stdout:
             proc.stdout.close()
 

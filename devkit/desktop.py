@@ -54,6 +54,18 @@ __all__ = [
 _SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE", "XAUTHORITY", "XDG_CURRENT_DESKTOP")
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
+    """End a helper process started here (a server, a compositor): SIGTERM, then SIGKILL after ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _die_with_parent() -> None:
     """``preexec_fn``: the child gets SIGTERM when the test process dies, even by SIGKILL (Linux), so a killed
     test run leaves no X server behind."""
@@ -146,13 +158,7 @@ class Xvfb:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         if proc.stderr:
             proc.stderr.close()
 

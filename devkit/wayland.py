@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devkit.desktop import _SESSION_VARS, _die_with_parent, require
+from devkit.desktop import _SESSION_VARS, _die_with_parent, require, stop_process
 
 __all__ = ["FootRecorder", "Sway", "swaymsg"]
 
@@ -134,13 +134,7 @@ class Sway:
     def stop(self) -> None:
         """Stop the compositor now (tests of a compositor that goes away)."""
         proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
@@ -251,13 +245,7 @@ class FootRecorder:
 
     def __exit__(self, *exc: Any) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 def _apply_backspace(text: str) -> str:
