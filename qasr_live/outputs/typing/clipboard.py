@@ -25,9 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from qasr_live.desktop import Session, SessionKind, open_x_display
-from qasr_live.errors import DisplayError, TypingBackendError
+from qasr_live.desktop import Session, SessionKind
+from qasr_live.errors import TypingBackendError
 from qasr_live.outputs.typing.tools import run_tool_bytes
+from qasr_live.outputs.typing.xtest import connect_x
 
 __all__ = [
     "MAX_TOTAL_BYTES",
@@ -128,12 +129,7 @@ class XClipboardOwner:
     TARGETS) was delivered to a window: the paste was taken."""
 
     def __init__(self, display: str, types: dict[str, bytes]) -> None:
-        try:
-            self._d = open_x_display(display)
-        except ImportError as e:
-            raise TypingBackendError(f"python-xlib is not installed ({e})") from None
-        except DisplayError as e:
-            raise TypingBackendError(f"cannot connect to X display {display!r}: {e}") from e
+        self._d = connect_x(display)
         import Xlib.X
 
         self._X = Xlib.X

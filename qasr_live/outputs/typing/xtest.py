@@ -22,7 +22,7 @@ from typing import Any
 from qasr_live.desktop import open_x_display
 from qasr_live.errors import DisplayError, TypingBackendError
 
-__all__ = ["XKeyboard", "x_held_modifiers"]
+__all__ = ["XKeyboard", "connect_x", "x_held_modifiers"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,16 @@ def _XkbGetState(**kwargs: Any) -> Any:
     return _xkb_requests()[1](**kwargs)
 
 
+def connect_x(display: str) -> Any:
+    """A python-xlib connection to ``display`` for a typing backend; its failures as ``TypingBackendError``."""
+    try:
+        return open_x_display(display)
+    except ImportError as e:
+        raise TypingBackendError(f"python-xlib is not installed ({e})") from None
+    except DisplayError as e:
+        raise TypingBackendError(f"cannot connect to X display {display!r}: {e}") from e
+
+
 class XKeyboard:
     """Keyboard input on one X display through XTest (python-xlib, which pynput is built on).
 
@@ -109,12 +119,7 @@ class XKeyboard:
         self.name = name
         self.settle_s = settle_s
         self.reuse_after_s = reuse_after_s
-        try:
-            self._d = open_x_display(name)
-        except ImportError as e:
-            raise TypingBackendError(f"python-xlib is not installed ({e})") from None
-        except DisplayError as e:
-            raise TypingBackendError(f"cannot connect to X display {name!r}: {e}") from e
+        self._d = connect_x(name)
         if not self._d.has_extension("XTEST"):
             self._d.close()
             raise TypingBackendError(f"X display {name!r} lacks the XTEST extension")
