@@ -13,7 +13,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from devkit.random_checkpoint import RandomModelSpec, build_random_checkpoint
+from devkit.random_checkpoint import TINY_SPECS, RandomModelSpec, build_random_checkpoint
 from qasr_live.engine.prompt import TIMESTAMP
 
 ALIGNER_MODEL_TYPE = "qwen3_forced_aligner"
@@ -46,25 +46,7 @@ TINY_ALIGNER_SPECS = {
     "aligner_mha": RandomModelSpec(
         init_std=0.1, f16_exact_weights=True, tie_word_embeddings=False, logit_scale=4.0, seed=11
     ),
-    "aligner_gqa": RandomModelSpec(
-        audio_d_model=96,
-        audio_layers=3,
-        audio_heads=4,
-        audio_ffn=160,
-        downsample_hidden=24,
-        text_hidden=96,
-        text_layers=3,
-        text_heads=3,
-        text_kv_heads=1,
-        head_dim=32,
-        text_ffn=192,
-        bpe_vocab=700,
-        init_std=0.1,
-        f16_exact_weights=True,
-        tie_word_embeddings=False,
-        logit_scale=4.0,
-        seed=12,
-    ),
+    "aligner_gqa": replace(TINY_SPECS["untied_gqa"], logit_scale=4.0, seed=12),  # the ASR tests' GQA sizes
 }
 TINY_CLASSIFY_NUM = 320
 
