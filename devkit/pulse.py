@@ -71,6 +71,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from devkit.desktop import stop_process
+
 __all__ = ["PulseAudio", "require_pulse"]
 
 _ALSA_CONF = Path("/usr/share/alsa/alsa.conf")
@@ -110,18 +112,6 @@ def _pdeathsig_usable() -> bool:
 def _die_with_parent() -> None:  # preexec_fn: SIGTERM the child when the test process dies (Linux)
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-
-
-def _stop(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
-    if proc is None:
-        return
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class PulseAudio:
@@ -276,12 +266,12 @@ class PulseAudio:
 
     def __exit__(self, *exc: Any) -> None:
         for player in self._players:
-            _stop(player, timeout=2)
+            stop_process(player, timeout=2)
         self._players.clear()
-        _stop(self._keep_awake, timeout=2)
+        stop_process(self._keep_awake, timeout=2)
         self._keep_awake = None
         proc, self.proc = self.proc, None
-        _stop(proc)
+        stop_process(proc)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -343,7 +333,7 @@ class PulseAudio:
     def _start_keep_awake(self, timeout: float = 5.0) -> None:
         """Attach the keep-awake recorder and wait until it receives audio: from then on the sink renders in
         small chunks (the first chunk can take up to the idle sink's 2 s)."""
-        _stop(self._keep_awake, timeout=2)
+        stop_process(self._keep_awake, timeout=2)
         proc = self._keep_awake = subprocess.Popen(
             ["parec", "-d", self.monitor, "--latency-msec=20", "--rate=8000", "--channels=1", "--format=s16le"],
             env=self.child_env(),
@@ -376,7 +366,7 @@ class PulseAudio:
         if self.sink_module is not None:
             self.pactl("unload-module", str(self.sink_module))
             self.sink_module = None
-        _stop(self._keep_awake, timeout=2)
+        stop_process(self._keep_awake, timeout=2)
         self._keep_awake = None
 
     def load_sink(self) -> None:
@@ -422,7 +412,7 @@ class PulseAudio:
             try:
                 _, err = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
-                _stop(proc)
+                stop_process(proc)
                 raise
             if proc.returncode != 0:
                 raise RuntimeError(f"paplay {path} failed ({proc.returncode}): {err.decode(errors='replace')}")

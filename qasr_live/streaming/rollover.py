@@ -9,7 +9,6 @@ recognizer's encode, decode and commit steps (:class:`_Recognizer` names them).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -41,14 +40,7 @@ class _Recognizer(Protocol):
 
     def _encode(self, clip: ClipEncoder, audio: np.ndarray, stats: StatsSum) -> list[np.ndarray]: ...
 
-    def _decode(
-        self,
-        blocks: Sequence[np.ndarray],
-        budget: int,
-        stats: StatsSum,
-        interrupt: threading.Event | None = None,
-        fallback: bool = False,
-    ) -> Decoded: ...
+    def _decode(self, blocks: Sequence[np.ndarray], budget: int, stats: StatsSum, *, fallback: bool) -> Decoded: ...
 
     def _commit(self, ids: list[int], language: str | None, final: bool) -> list[Commit]: ...
 
