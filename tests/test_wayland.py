@@ -169,7 +169,7 @@ def test_a_100_kb_commit_full_of_control_characters_is_sanitized_and_pasted(sway
     text = (chunk * (100_000 // len(chunk) + 1))[:100_000]
     expected = sanitize(text)
     assert "\x1b" not in expected and "\n" not in expected
-    with typist(sway) as t:
+    with typist(sway, paste_timeout_s=10.0) as t:  # 100 KB through foot's paste: slow on a loaded machine
         started = time.monotonic()
         result = t.type_text(text)
     assert result.ok, result.error
