@@ -17,7 +17,9 @@ from qasr_live.errors import EXIT_INTERRUPTED, QasrError
 if TYPE_CHECKING:  # the commands import their modules lazily, to keep `qasr-live ctl` fast
     from qasr_live.config import AppConfig
     from qasr_live.engine.model_dir import ModelDir
+    from qasr_live.engine.worker import EncoderWorker
     from qasr_live.export.pull import PullResult
+    from qasr_live.offline.pipeline import Transcriber
     from qasr_live.offline.transcript import Transcript
 
 _LOGGER = logging.getLogger("qasr_live")
@@ -71,7 +73,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     model = resolve_model(cfg)
     t0 = time.perf_counter()
     e = cfg.engine
-    with EncoderWorker.for_offline(model.frontend, model.backend, e.encoder_threads, e.decoder_threads) as encoder:
+    with EncoderWorker.for_offline(
+        model.frontend, model.backend, e.encoder_threads, e.decoder_threads, e.encoder_providers
+    ) as encoder:
         transcriber = Transcriber(model, cfg.engine, encoder)
         load_seconds = time.perf_counter() - t0
         try:
@@ -82,13 +86,28 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                     for written in write_outputs(result, path, formats, args.out_dir):
                         print(f"wrote {written}", file=sys.stderr)
                 if not args.quiet:
-                    _print_stats(path, result, model, load_seconds)
+                    _print_stats(path, result, model, load_seconds, _devices(transcriber, encoder))
         finally:
             transcriber.close()
     return 0
 
 
-def _print_stats(path: Path, result: Transcript, model: ModelDir, load_seconds: float) -> None:
+def _devices(transcriber: Transcriber, encoder: EncoderWorker) -> list[tuple[str, str]]:
+    """Stats rows: where the decoder's layers and the encoder run, and the llama.cpp build."""
+    from qasr_live.engine.gpu import build_record
+
+    record = build_record()
+    build = f"{record.get('backend', '?')} build (scripts/install.sh)" if record else "not recorded (installed by pip)"
+    return [
+        ("decoder", transcriber.decoder.offload.summary()),
+        ("encoder on", ", ".join(p.removesuffix("ExecutionProvider") for p in encoder.providers)),
+        ("llama.cpp", build),
+    ]
+
+
+def _print_stats(
+    path: Path, result: Transcript, model: ModelDir, load_seconds: float, devices: list[tuple[str, str]]
+) -> None:
     s = result.stats
     rows = [
         ("file", str(path)),
@@ -106,6 +125,7 @@ def _print_stats(path: Path, result: Transcript, model: ModelDir, load_seconds: 
             "generate",
             f"{s.generated_tokens} tokens in {s.generate_seconds:.2f} s   {s.generate_tps:.1f} tok/s",
         ),
+        *devices,
     ]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows), file=sys.stderr)
