@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("devices", help="list audio input devices (for audio.device in config.yaml)")
     d.set_defaults(func=cmd_devices)
 
-    i = sub.add_parser("install-service", help="install and start the systemd user service")
+    i = sub.add_parser("install-service", help="install and start the systemd user service (a launchd agent on macOS)")
     i.add_argument("--config", type=Path, help="config.yaml the service should use")
     i.add_argument("--no-enable", action="store_true", help="only write the unit file")
     i.set_defaults(func=cmd_install_service)
