@@ -75,6 +75,15 @@ case "$gpu" in
         "(vk::LayerSettingEXT); install newer ones (header only: Debian 13's libvulkan-dev extracted with" \
         "dpkg-deb -x, or the LunarG SDK) and pass CMAKE_ARGS=\"-DVulkan_INCLUDE_DIR=<dir>/include\"."
     fi
+    # ggml-vulkan also finds SPIRV-Headers through CMake (find_package CONFIG)
+    spirv=""
+    for d in $(cmake_arg CMAKE_PREFIX_PATH | tr ';:' '  ') ${VULKAN_SDK:-} /usr /usr/local; do
+      spirv="$(compgen -G "$d/share/cmake/SPIRV-Headers/SPIRV-HeadersConfig.cmake" ||
+        compgen -G "$d/lib/*/cmake/SPIRV-Headers/SPIRV-HeadersConfig.cmake" || true)"
+      [ -z "$spirv" ] || break
+    done
+    [ -n "$spirv" ] || gpu_fail "SPIRV-Headers (its CMake config) is missing; install it (Debian/Ubuntu:" \
+      "apt-get install spirv-headers; or the LunarG SDK), or name its prefix: CMAKE_ARGS=\"-DCMAKE_PREFIX_PATH=<dir>\"."
     gpu_cmake="-DGGML_VULKAN=on" ;;
   metal)
     [ "$(uname -s)" = Darwin ] || gpu_fail "Metal exists only on macOS; on Linux use --gpu cuda (NVIDIA) or" \
