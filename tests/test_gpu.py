@@ -319,3 +319,17 @@ def test_install_refuses_vulkan_headers_too_old_for_ggml(tmp_path: Path) -> None
     assert done.returncode == 2, done.stderr
     assert "are 1.3.239, ggml-vulkan needs >= 1.3.275" in done.stderr and "-DVulkan_INCLUDE_DIR" in done.stderr
     assert not (tmp_path / "venv").exists()
+
+
+def test_doctor_fails_gpu_layers_and_providers_the_installation_lacks(tmp_path: Path) -> None:
+    from tests.test_doctor import _config, _env, _report
+
+    config = _config(tmp_path, engine={"n_gpu_layers": -1, "encoder_providers": ["openvino", "cpu"]})
+    status, checks = _report(config, _env(tmp_path))
+    assert status == 6
+    offload = checks[("llama.cpp", "gpu offload")]
+    assert offload["status"] == "FAIL" and "no GPU backend" in offload["detail"] and "--gpu" in offload["fix"]
+    devices = checks[("llama.cpp", "gpu devices")]
+    assert devices["status"] == "ok" and [d["type"] for d in devices["data"]["devices"]] == ["CPU"]
+    providers = checks[("onnxruntime", "providers")]
+    assert providers["status"] == "FAIL" and "onnxruntime-openvino" in providers["detail"]
