@@ -34,13 +34,23 @@ DECODERS = ("f32", "f16")
 _ASSIGNED = re.compile(r"layer\s+\d+ assigned to device (\S+?),")
 
 
-def transcribe(python: str, model: Path, files: list[Path], out: Path, decoder: str, gpu: bool, language, context):
+def transcribe(
+    python: str,
+    model: Path,
+    files: list[Path],
+    out: Path,
+    decoder: str,
+    gpu: bool,
+    language,
+    context,
+    encoder: str = "fp32",
+):
     """token ids per file, the layer -> device lines of the load log, the stats rows and the wall time."""
     out.mkdir(parents=True, exist_ok=True)
     config = out / "config.yaml"
     engine = "  n_gpu_layers: -1\n  gpu: require\n" if gpu else "  gpu: cpu\n"
     config.write_text(
-        f"model:\n  encoder_precision: fp32\n  decoder_precision: {decoder}\n"
+        f"model:\n  encoder_precision: {encoder}\n  decoder_precision: {decoder}\n"
         f"engine:\n  kv_cache_type: f32\n  repetition_guard: false\n  max_new_tokens: {MAX_NEW_TOKENS}\n{engine}"
     )
     cmd = [python, "-m", "qasr_live", "-v", "transcribe", *map(str, files), "--model", str(model)]
@@ -62,6 +72,35 @@ def transcribe(python: str, model: Path, files: list[Path], out: Path, decoder: 
     return [d["token_ids"] for d in docs], [d["stats"] for d in docs], devices, stats_rows, wall, done.stderr
 
 
+def speed(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One file of `--speed-seconds` through a real-shaped model, CPU build vs all layers on the GPU device (the
+    encoder on the CPU in both): the transcribe stats of each, token ids compared."""
+    wav = work / "audio" / f"speed-{args.speed_seconds:g}s.wav"
+    scipy.io.wavfile.write(wav, 16000, make_audio(args.speed_seconds, 7))
+    out: dict[str, Any] = {"model": str(args.speed_model), "audio_seconds": args.speed_seconds}
+    ids = {}
+    for side, python in (("cpu", sys.executable), ("gpu", args.gpu_python)):
+        got, stats, devices, _, wall, _ = transcribe(
+            python,
+            args.speed_model,
+            [wav],
+            work / "out" / f"speed-{side}",
+            "f16",
+            side == "gpu",
+            "English",
+            "",
+            encoder="int8",
+        )
+        ids[side] = got[0]
+        keep = ("rtf", "encoder_seconds", "prefill_tokens", "prefill_tps", "generated_tokens", "generate_tps")
+        out[side] = {k: round(v, 3) if isinstance(v, float) else v for k, v in stats[0].items() if k in keep}
+        out[side]["process_wall_s"] = round(wall, 1)
+        out[side]["layers"] = devices
+        print(f"speed {side}: {out[side]}", flush=True)
+    out["token_ids_equal"] = ids["cpu"] == ids["gpu"]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu-python", required=True, help="the interpreter of the venv with the GPU build")
@@ -69,6 +108,8 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/qasr-gpu-parity"), help="checkpoints, exports, audio")
     ap.add_argument("--out", type=Path, required=True, help="the JSON of results")
     ap.add_argument("--device-note", default="", help="what the device is, for the record")
+    ap.add_argument("--speed-model", type=Path, help="an exported real-shaped model (f16 decoder, int8 encoder)")
+    ap.add_argument("--speed-seconds", type=float, default=10.0, help="audio length of the speed comparison")
     args = ap.parse_args()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -141,6 +182,8 @@ def main() -> int:
         "wall_seconds": {k: round(v, 1) for k, v in timings.items()},
         "rows": rows,
     }
+    if args.speed_model:
+        result["speed"] = speed(args, work)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     (work / "last-gpu-log.txt").write_text(log_tail)

@@ -26,5 +26,8 @@ b = llama_build()
 print("; ".join(d.describe() for d in b.gpus if d.backend == "Vulkan"))')"
 [ -n "$device" ] || fail "the llama.cpp of $VENV sees no Vulkan device (vulkaninfo --summary; is it the --gpu vulkan build?)"
 echo "== Vulkan device: $device"
+# SPEED_MODEL=<an exported real-shaped model, f16 decoder + int8 encoder> adds a speed comparison (bench/models.py
+# builds one; lavapipe is a CPU emulating a GPU: expect it slower than the CPU build)
 "$PYTHON" -m devkit.gpu_parity --gpu-python "$VENV/bin/python" --backend Vulkan --out "$OUT" \
-  --work "${QASR_GPU_WORK:-/tmp/qasr-vulkan-parity}" --device-note "$device"
+  --work "${QASR_GPU_WORK:-/tmp/qasr-vulkan-parity}" --device-note "$device" \
+  ${SPEED_MODEL:+--speed-model "$SPEED_MODEL"}
