@@ -18,7 +18,9 @@ from qasr_live.errors import EXIT_INTERRUPTED, QasrError
 if TYPE_CHECKING:  # the commands import their modules lazily, to keep `qasr-live ctl` fast
     from qasr_live.config import AppConfig
     from qasr_live.engine.model_dir import ModelDir
+    from qasr_live.engine.worker import EncoderWorker
     from qasr_live.export.pull import PullResult
+    from qasr_live.offline.pipeline import Transcriber
     from qasr_live.offline.transcript import Segment, Transcript
 
 _LOGGER = logging.getLogger("qasr_live")
@@ -92,7 +94,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                 Aligner(aligner_model, threads=e.decoder_threads, n_gpu_layers=e.n_gpu_layers, setting="--aligner")
             )
         encoder = stack.enter_context(
-            EncoderWorker.for_offline(model.frontend, model.backend, e.encoder_threads, e.decoder_threads)
+            EncoderWorker.for_offline(
+                model.frontend, model.backend, e.encoder_threads, e.decoder_threads, e.encoder_providers
+            )
         )
         transcriber = Transcriber(model, cfg.engine, encoder)
         stack.callback(transcriber.close)
@@ -118,7 +122,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                 for written in write_outputs(result, path, formats, args.out_dir, limits):
                     print(f"wrote {written}", file=sys.stderr)
             if not args.quiet:
-                _print_stats(path, result, model, load_seconds)
+                _print_stats(path, result, model, load_seconds, _devices(transcriber, encoder))
     return 0
 
 
@@ -195,7 +199,22 @@ def _timestamps_aligner(cfg: AppConfig, formats: list[str]) -> ModelDir | None:
     return aligner
 
 
-def _print_stats(path: Path, result: Transcript, model: ModelDir, load_seconds: float) -> None:
+def _devices(transcriber: Transcriber, encoder: EncoderWorker) -> list[tuple[str, str]]:
+    """Stats rows: where the decoder's layers and the encoder run, and the llama.cpp build."""
+    from qasr_live.engine.gpu import build_record
+
+    record = build_record()
+    build = f"{record.get('backend', '?')} build (scripts/install.sh)" if record else "not recorded (installed by pip)"
+    return [
+        ("decoder", transcriber.decoder.offload.summary()),
+        ("encoder on", ", ".join(p.removesuffix("ExecutionProvider") for p in encoder.providers)),
+        ("llama.cpp", build),
+    ]
+
+
+def _print_stats(
+    path: Path, result: Transcript, model: ModelDir, load_seconds: float, devices: list[tuple[str, str]]
+) -> None:
     s = result.stats
     rows = [
         ("file", str(path)),
@@ -213,6 +232,7 @@ def _print_stats(path: Path, result: Transcript, model: ModelDir, load_seconds: 
             "generate",
             f"{s.generated_tokens} tokens in {s.generate_seconds:.2f} s   {s.generate_tps:.1f} tok/s",
         ),
+        *devices,
     ]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows), file=sys.stderr)
@@ -482,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("devices", help="list audio input devices (for audio.device in config.yaml)")
     d.set_defaults(func=cmd_devices)
 
-    i = sub.add_parser("install-service", help="install and start the systemd user service")
+    i = sub.add_parser("install-service", help="install and start the systemd user service (a launchd agent on macOS)")
     i.add_argument("--config", type=Path, help="config.yaml the service should use")
     i.add_argument("--no-enable", action="store_true", help="only write the unit file")
     i.set_defaults(func=cmd_install_service)

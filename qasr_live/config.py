@@ -85,6 +85,8 @@ SUPPORTED_LANGUAGES: tuple[str, ...] = (
 )
 
 _SPEC_KEY = "qasr_spec"
+#: engine.encoder_providers names (engine/gpu.py maps them to onnxruntime's execution providers)
+ENCODER_PROVIDER_CHOICES = ("auto", "cuda", "rocm", "migraphx", "coreml", "directml", "openvino", "cpu")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +148,24 @@ class EngineConfig:
     encoder_threads: int = _opt(1, "CPU threads of the ONNX audio encoder", minimum=1)
     decoder_threads: int = _opt(2, "CPU threads of the llama.cpp decoder", minimum=1)
     n_gpu_layers: int = _opt(0, "decoder layers offloaded to the GPU; 0 = CPU only, -1 = all layers", minimum=-1)
+    gpu: str = _opt(
+        "require",
+        "require = offload n_gpu_layers, an error if the build or the GPU cannot; auto = all layers (or "
+        "n_gpu_layers) when a GPU exists, else one warning and the CPU; cpu = never the GPU",
+        choices=("require", "auto", "cpu"),
+    )
+    gpu_device: int | None = _opt(
+        None, "the GPU of the decoder, by index (`qasr-live doctor` lists them); null = all of them", minimum=0
+    )
+    encoder_providers: list[str] = field(
+        default_factory=lambda: ["auto"],
+        metadata={
+            _SPEC_KEY: Spec(
+                help="onnxruntime execution providers of the audio encoder, in order of preference: auto (the GPU "
+                "ones the installed onnxruntime has), cuda, rocm, migraphx, coreml, directml, openvino, cpu"
+            )
+        },
+    )
     n_ctx: int = _opt(2048, "context window in tokens", minimum=512)
     n_batch: int = _opt(512, "llama.cpp prompt batch size in tokens", minimum=32)
     segment_seconds: float = _opt(30.0, "decoder segment length in seconds for long audio", minimum=5, maximum=300)
@@ -164,6 +184,21 @@ class EngineConfig:
     repack_weights: bool = _opt(
         False, "llama.cpp's interleaved copy of quantized weights (faster generation, slower prefill on x86)"
     )
+
+    def __post_init__(self) -> None:
+        if not self.encoder_providers:
+            raise ConfigError("engine.encoder_providers is empty: list at least one provider, e.g. [auto]")
+        for name in self.encoder_providers:
+            if name not in ENCODER_PROVIDER_CHOICES:
+                raise ConfigError(
+                    f"engine.encoder_providers: {name!r} is not a provider; choose from "
+                    f"{', '.join(ENCODER_PROVIDER_CHOICES)}"
+                )
+        if self.gpu == "cpu" and self.n_gpu_layers != 0:
+            raise ConfigError(
+                f"engine.gpu is cpu but engine.n_gpu_layers is {self.n_gpu_layers}: set engine.gpu: require (or "
+                "auto) to offload, or engine.n_gpu_layers: 0"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -248,7 +248,9 @@ class Daemon:
     def _load_engine(self) -> None:
         """Encoder process + decoder, then one warm-up decode so the first utterance pays no first-call costs."""
         e = self.cfg.engine
-        self._encoder = EncoderWorker(self.model.frontend, self.model.backend, e.encoder_threads)
+        self._encoder = EncoderWorker(
+            self.model.frontend, self.model.backend, e.encoder_threads, providers=e.encoder_providers
+        )
         self._recognizer = r = StreamingRecognizer(
             self.model,
             e,

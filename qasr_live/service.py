@@ -1,4 +1,5 @@
-"""Running as a systemd user service: the unit file, `qasr-live install-service`, and readiness notification.
+"""Running as a systemd user service (a launchd agent on macOS): the unit file, `qasr-live install-service`, and
+readiness notification.
 
 The unit is generated here and nowhere else; ``systemd/qasr-live.service`` in the repository is its rendering
 with a PATH lookup of the command (a test keeps the two equal)::
@@ -6,12 +7,15 @@ with a PATH lookup of the command (a test keeps the two equal)::
     python -m qasr_live.service > systemd/qasr-live.service
 
 ``install-service`` writes the unit with the absolute command of the running installation (so a virtual
-environment works without touching PATH), reloads the user manager and enables the unit.
+environment works without touching PATH), reloads the user manager and enables the unit. On macOS it writes
+``~/Library/LaunchAgents/io.github.qasr-live.plist`` instead and loads it with ``launchctl`` (written and validated
+with plistlib in the tests here; not yet run on a Mac).
 """
 
 from __future__ import annotations
 
 import os
+import plistlib
 import shlex
 import shutil
 import socket
@@ -22,9 +26,21 @@ from pathlib import Path
 
 from qasr_live.errors import QasrError
 
-__all__ = ["UNIT_NAME", "exec_start", "install_service", "installation_command", "notify", "render_unit", "unit_path"]
+__all__ = [
+    "LAUNCHD_LABEL",
+    "UNIT_NAME",
+    "exec_start",
+    "install_service",
+    "installation_command",
+    "notify",
+    "plist_path",
+    "render_plist",
+    "render_unit",
+    "unit_path",
+]
 
 UNIT_NAME = "qasr-live.service"
+LAUNCHD_LABEL = "io.github.qasr-live"
 _PATH_LOOKUP = "/usr/bin/env qasr-live"
 
 
@@ -87,13 +103,69 @@ def unit_path() -> Path:
     return base / "systemd" / "user" / UNIT_NAME
 
 
+def render_plist(config: str | None = None) -> bytes:
+    """The launchd agent (macOS) of this installation: started at login, restarted when it fails, its output in
+    ~/Library/Logs/qasr-live.log."""
+    argv = [sys.executable, "-m", "qasr_live", "serve"] + (["--config", config] if config else [])
+    log = str(Path.home() / "Library" / "Logs" / "qasr-live.log")
+    agent = {
+        "Label": LAUNCHD_LABEL,
+        "ProgramArguments": argv,
+        "RunAtLoad": True,
+        # restarted after a crash, not after `qasr-live ctl quit` (exit 0)
+        "KeepAlive": {"SuccessfulExit": False},
+        "ThrottleInterval": 2,
+        # "Interactive": the scheduler treats it as an app the user is using (dictation latency)
+        "ProcessType": "Interactive",
+        "EnvironmentVariables": {"PYTHONUNBUFFERED": "1"},
+        "StandardOutPath": log,
+        "StandardErrorPath": log,
+    }
+    return plistlib.dumps(agent)
+
+
+def plist_path() -> Path:
+    """``~/Library/LaunchAgents/io.github.qasr-live.plist``."""
+    return Path.home() / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+
+
+def _install_launchd(config: str | None, enable: bool, out: Callable[[str], object]) -> Path:
+    path = plist_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(render_plist(config))
+    os.replace(tmp, path)
+    out(f"wrote {path}")
+    launchctl = shutil.which("launchctl")
+    if not enable:
+        return path
+    if launchctl is None:
+        out("launchctl not found: start the daemon yourself with `qasr-live serve`")
+        return path
+    domain = f"gui/{os.getuid()}"
+    # bootout first: bootstrap refuses a label that is already loaded (an older plist)
+    subprocess.run([launchctl, "bootout", f"{domain}/{LAUNCHD_LABEL}"], capture_output=True, text=True)
+    result = subprocess.run([launchctl, "bootstrap", domain, str(path)], capture_output=True, text=True)
+    if result.returncode != 0:
+        out(
+            f"`launchctl bootstrap {domain} {path}` failed: {result.stderr.strip() or result.stdout.strip()}\n"
+            f"The agent is installed and starts at the next login; or run `launchctl bootstrap {domain} {path}`."
+        )
+        return path
+    out(f"loaded {LAUNCHD_LABEL}; logs: ~/Library/Logs/qasr-live.log")
+    return path
+
+
 def install_service(config: str | None = None, enable: bool = True, out: Callable[[str], object] = print) -> Path:
-    """Write the unit for this installation; reload and enable it when a user manager is reachable."""
+    """Write the unit (the launchd agent on macOS) for this installation; reload and enable it when a user
+    manager is reachable."""
     command = installation_command()
     if config is not None:
         config = str(Path(config).expanduser().resolve())
         if not Path(config).is_file():
             raise QasrError(f"--config: {config} does not exist; pass an existing config.yaml")
+    if sys.platform == "darwin":
+        return _install_launchd(config, enable, out)
     path = unit_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

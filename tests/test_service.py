@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -70,3 +71,43 @@ def test_notify_reaches_the_notify_socket(tmp_path: Path, monkeypatch) -> None:
         assert server.recv(100) == b"READY=1"
     monkeypatch.delenv("NOTIFY_SOCKET")
     assert not notify("READY=1")
+
+
+def test_install_service_on_macos_writes_a_launchd_agent(tmp_path: Path, monkeypatch, capsys) -> None:
+    # macOS's code path under a platform patch (not run on a Mac): the plist is what plistlib reads back
+    import plistlib
+
+    from qasr_live.service import LAUNCHD_LABEL
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    config = tmp_path / "my config.yaml"
+    config.write_text("trigger:\n  mode: toggle\n")
+    assert main(["install-service", "--config", str(config), "--no-enable"]) == 0
+    path = tmp_path / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+    agent = plistlib.loads(path.read_bytes())
+    assert agent["Label"] == LAUNCHD_LABEL
+    assert agent["ProgramArguments"] == [sys.executable, "-m", "qasr_live", "serve", "--config", str(config)]
+    assert agent["RunAtLoad"] is True and agent["KeepAlive"] == {"SuccessfulExit": False}
+    assert agent["StandardErrorPath"] == str(tmp_path / "Library" / "Logs" / "qasr-live.log")
+    assert not (tmp_path / "xdg" / "systemd").exists()  # no systemd unit on macOS
+    assert f"wrote {path}" in capsys.readouterr().out
+
+
+def test_install_service_on_macos_loads_the_agent_with_launchctl(tmp_path: Path, monkeypatch, capsys) -> None:
+    # a stand-in launchctl on PATH records how it is called (the real one exists only on macOS)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    launchctl = bin_dir / "launchctl"
+    launchctl.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n')
+    launchctl.chmod(0o755)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert main(["install-service"]) == 0
+    plist = tmp_path / "Library" / "LaunchAgents" / "io.github.qasr-live.plist"
+    uid = os.getuid()
+    assert calls.read_text().splitlines() == [f"bootout gui/{uid}/io.github.qasr-live", f"bootstrap gui/{uid} {plist}"]
+    assert "loaded io.github.qasr-live" in capsys.readouterr().out

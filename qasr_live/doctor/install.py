@@ -10,12 +10,12 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
-from typing import Any
 
 from qasr_live import __version__
 from qasr_live.doctor.context import Context, resolve_configured_model
 from qasr_live.doctor.report import Check, Lines, first_line
-from qasr_live.errors import ModelError
+from qasr_live.engine.gpu import REBUILD, build_record, encoder_providers, llama_build, plan_offload
+from qasr_live.errors import ConfigError, DecoderError, ModelError
 
 __all__ = ["check_llama", "check_model", "check_onnxruntime", "check_packages", "check_python"]
 
@@ -114,40 +114,51 @@ def check_llama(ctx: Context) -> list[Check]:
         out.fail("libllama", f"llama-cpp-python cannot load libllama: {first_line(e)}", fix)
         return out
     info = llama.llama_print_system_info().decode(errors="replace").strip(" |")
-    backends = _ggml_backends(llama, info)
+    build = llama_build(llama)
+    record = build_record()
     features = [m.group(1) for m in re.finditer(r"(\w+) = 1", info)]
+    how = f"; installed as the {record.get('backend')} build by scripts/install.sh" if record else ""
     out.ok(
         "build",
-        f"llama-cpp-python {llama_cpp.__version__}, backends {', '.join(backends) or '?'}, "
+        f"llama-cpp-python {llama_cpp.__version__}, backends {', '.join(build.backends) or '?'}{how}, "
         f"CPU features {' '.join(features) or 'none reported'}",
         version=llama_cpp.__version__,
-        backends=backends,
+        backends=list(build.backends),
+        record=record,
         system_info=info,
     )
-    gpu = bool(llama.llama_supports_gpu_offload())
-    layers = ctx.cfg.engine.n_gpu_layers
-    if gpu:
-        out.ok("gpu offload", f"supported; engine.n_gpu_layers: {layers}", supported=True, n_gpu_layers=layers)
-    elif layers:
-        out.warn(
+    devices = [
+        {
+            "index": d.index,
+            "name": d.name,
+            "description": d.description,
+            "type": d.kind,
+            "free_mib": d.free_bytes >> 20,
+            "total_mib": d.total_bytes >> 20,
+        }
+        for d in build.devices
+    ]
+    gpus = "; ".join(f"{d.index}: {d.describe()}" for d in build.gpus)
+    out.ok("gpu devices", gpus or "none (the decoder can only run on the CPU)", devices=devices)
+    engine = ctx.cfg.engine
+    try:
+        plan = plan_offload(build, engine.gpu, engine.n_gpu_layers, engine.gpu_device)
+    except DecoderError as problem:
+        out.fail(
             "gpu offload",
-            f"engine.n_gpu_layers is {layers} but this llama.cpp build has no GPU backend: the decoder runs on the CPU",
-            "install a GPU build (`CMAKE_ARGS=-DGGML_CUDA=on pip install --force-reinstall --no-cache-dir "
-            "llama-cpp-python==0.3.36`) or set engine.n_gpu_layers: 0",
-            supported=False,
-            n_gpu_layers=layers,
+            str(problem),
+            f"set enginengine.n_gpu_layers: 0 (or enginengine.gpu: auto), or install a GPU build: {REBUILD}",
+            n_gpu_layers=engine.n_gpu_layers,
+            gpu=engine.gpu,
         )
+        return out
+    if plan.on_gpu:
+        layers = "all layers" if plan.n_gpu_layers >= 999 else f"{plan.n_gpu_layers} layers"
+        detail = f"the decoder puts {layers} on {', '.join(d.describe() for d in plan.devices)}"
     else:
-        out.ok("gpu offload", "not in this build: the decoder runs on the CPU", supported=False, n_gpu_layers=0)
+        detail = "the decoder runs on the CPU" + ("" if build.gpus else " (this build has no GPU device)")
+    out.ok("gpu offload", detail, n_gpu_layers=plan.n_gpu_layers, devices=[d.name for d in plan.devices])
     return out
-
-
-def _ggml_backends(llama: Any, info: str) -> list[str]:
-    """The ggml backends registered, from ggml_backend_reg_* when llama_cpp exposes them, else from system info."""
-    count, get, name = (getattr(llama, f"ggml_backend_reg_{f}", None) for f in ("count", "get", "name"))
-    if count is not None and get is not None and name is not None:
-        return [name(get(i)).decode() for i in range(count())]
-    return re.findall(r"(?:^|\| )(\w+) : ", info)  # "CUDA : ARCHS = 890 | ... | CPU : SSE3 = 1 | ..."
 
 
 def check_onnxruntime(ctx: Context) -> list[Check]:
@@ -161,10 +172,16 @@ def check_onnxruntime(ctx: Context) -> list[Check]:
     providers = list(onnxruntime.get_available_providers())
     detail = f"{onnxruntime.__version__}: {', '.join(providers)}"
     data = {"version": onnxruntime.__version__, "providers": providers}
-    if "CPUExecutionProvider" in providers:
-        out.ok("providers", detail + " (the encoder uses the CPU one)", **data)
-    else:
+    if "CPUExecutionProvider" not in providers:
         out.fail("providers", detail + ": the encoder needs CPUExecutionProvider", "`pip install onnxruntime`", **data)
+        return out
+    try:
+        chosen = encoder_providers(ctx.cfg.engine.encoder_providers, providers)
+    except ConfigError as e:
+        out.fail("providers", f"{detail}; {e}", "install the package it names, or set engine.encoder_providers: [auto]")
+        return out
+    uses = ", then ".join(p.removesuffix("ExecutionProvider") for p in chosen)
+    out.ok("providers", f"{detail} (the encoder uses {uses})", encoder=chosen, **data)
     return out
 
 

@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
 
 import numpy as np
 
+from qasr_live.engine.gpu import OffloadPlan, OffloadReport, llama_build, out_of_memory_error, plan_offload
 from qasr_live.errors import DecoderError
 
 _LOGGER = logging.getLogger(__name__)
 _NATIVE_LOGGER = logging.getLogger("qasr_live.llama_cpp")
 # llama.cpp keeps one process-wide log hook; the ctypes callback object must outlive every use of it.
 _log_callback: object = None
+# While a model loads, its log lines (debug ones included: llama.cpp names each layer's device only there) also go
+# to this reader, which learns where the layers went. One load at a time per process (the recognizer's thread).
+_log_reader: Callable[[str], None] | None = None
 
 KV_CACHE_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # ggml_type values
 
@@ -38,6 +43,8 @@ def install_log_hook(llama: ModuleType) -> None:
     levels = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}  # ggml_log_level
 
     def log(level: int, text: bytes | None, _user_data: int | None) -> None:
+        if text and _log_reader is not None:
+            _log_reader(text.decode("utf-8", "replace"))
         if text and _NATIVE_LOGGER.isEnabledFor(levels.get(level, logging.DEBUG)):
             _NATIVE_LOGGER.log(levels.get(level, logging.DEBUG), text.decode("utf-8", "replace").rstrip())
 
@@ -57,6 +64,8 @@ class Decoder:
         n_batch: int = 512,
         threads: int = 2,
         n_gpu_layers: int = 0,
+        gpu: str = "require",
+        gpu_device: int | None = None,
         kv_cache_type: str = "f16",
         flash_attention: bool = False,
         temperature: float = 0.0,
@@ -70,20 +79,60 @@ class Decoder:
         install_log_hook(llama)
         llama.llama_backend_init()
         self.path = Path(path)
+        # What the build can run on decides the layers, before anything is loaded: asking for GPU layers on a
+        # CPU build is an error (or, with gpu: auto, one warning), never a silent CPU run.
+        self.plan: OffloadPlan = plan_offload(llama_build(llama), gpu, n_gpu_layers, gpu_device)
         mparams = llama.llama_model_default_params()
-        mparams.n_gpu_layers = 999 if n_gpu_layers < 0 else n_gpu_layers
+        mparams.n_gpu_layers = self.plan.n_gpu_layers
+        if self.plan.main_gpu is not None:  # one device: llama.cpp's single-GPU mode on it
+            mparams.split_mode = llama.LLAMA_SPLIT_MODE_NONE
+            mparams.main_gpu = self.plan.main_gpu
         # llama.cpp repacks quantized CPU weights into a second, interleaved copy for its faster kernels (the
         # mapped file stays resident too); repack=False keeps one copy (bench/memory.py measures both).
         mparams.use_extra_bufts = repack
-        self._model = llama.llama_model_load_from_file(str(path).encode(), mparams)
-        if not self._model:
-            raise DecoderError(
-                f"llama.cpp cannot load {path}: the GGUF is corrupt or not a qwen3 model "
-                "(run with --verbose for llama.cpp's reason); re-export with `qasr-live export`."
-            )
+        self.offload = OffloadReport()
+        global _log_reader
+        _log_reader = self.offload.feed
+        try:
+            self._model = llama.llama_model_load_from_file(str(path).encode(), mparams)
+            if not self._model:
+                if self.plan.on_gpu:
+                    raise out_of_memory_error(self.path, self.plan, _block_count(self.path), _RESERVE_BYTES)
+                raise DecoderError(
+                    f"llama.cpp cannot load {path}: the GGUF is corrupt or not a qwen3 model "
+                    "(run with --verbose for llama.cpp's reason); re-export with `qasr-live export`."
+                )
+            self._ctx = self._init_context(n_ctx, n_batch, threads, kv_cache_type, flash_attention, embeddings)
+        finally:
+            _log_reader = None
         self._vocab = llama.llama_model_get_vocab(self._model)
         self.n_embd: int = llama.llama_model_n_embd(self._model)
         self.n_vocab: int = llama.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx: int = llama.llama_n_ctx(self._ctx)
+        self.n_batch = n_batch
+        self._memory = llama.llama_get_memory(self._ctx)
+        self._embd_batch = llama.llama_batch_init(n_batch, self.n_embd, 1)
+        self._token_batch = llama.llama_batch_init(n_batch, 0, 1)
+        for batch in (self._embd_batch, self._token_batch):
+            for i in range(n_batch):
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+        self._sampler: Any = None
+        self.set_sampling(temperature, seed)
+        self.n_past = 0
+        if self.plan.on_gpu and self.offload.layers and not self.offload.gpu_layers:
+            self.close()
+            raise DecoderError(
+                f"llama.cpp put none of the {sum(self.offload.layers.values())} layers of {self.path.name} on "
+                f"{', '.join(d.name for d in self.plan.devices)}: run with --verbose for its reason, or set "
+                "engine.n_gpu_layers: 0."
+            )
+        (_LOGGER.info if self.plan.on_gpu else _LOGGER.debug)("decoder %s: %s", self.path.name, self.offload.summary())
+
+    def _init_context(
+        self, n_ctx: int, n_batch: int, threads: int, kv_cache_type: str, flash_attention: bool, embeddings: bool
+    ) -> Any:
+        llama = self._llama
         cparams = llama.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_batch
@@ -104,25 +153,15 @@ class Decoder:
             if flash_attention or kv_cache_type == "q8_0"
             else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
-        self._ctx = llama.llama_init_from_model(self._model, cparams)
-        if not self._ctx:
+        ctx = llama.llama_init_from_model(self._model, cparams)
+        if not ctx:
             llama.llama_model_free(self._model)
+            where = f" with {self.plan.n_gpu_layers} layers on the GPU" if self.plan.on_gpu else ""
             raise DecoderError(
-                f"llama.cpp cannot create a context of {n_ctx} tokens for {path} (out of memory?); "
-                "lower `engine.n_ctx` in config.yaml."
+                f"llama.cpp cannot create a context of {n_ctx} tokens for {self.path}{where} (out of memory?); "
+                "lower `engine.n_ctx`" + (" or `engine.n_gpu_layers`" if self.plan.on_gpu else "") + " in config.yaml."
             )
-        self.n_ctx: int = llama.llama_n_ctx(self._ctx)
-        self.n_batch = n_batch
-        self._memory = llama.llama_get_memory(self._ctx)
-        self._embd_batch = llama.llama_batch_init(n_batch, self.n_embd, 1)
-        self._token_batch = llama.llama_batch_init(n_batch, 0, 1)
-        for batch in (self._embd_batch, self._token_batch):
-            for i in range(n_batch):
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-        self._sampler: Any = None
-        self.set_sampling(temperature, seed)
-        self.n_past = 0
+        return ctx
 
     def _check_open(self) -> None:
         if self._ctx is None:  # a freed llama context would segfault, not raise
@@ -316,3 +355,19 @@ class Decoder:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+_RESERVE_BYTES = 512 * 1024 * 1024  # KV cache and compute buffers beside the weights: a rough allowance
+
+
+def _block_count(path: Path) -> int | None:
+    """The GGUF's layer count (for the out-of-memory advice), or None when its metadata cannot say."""
+    try:
+        import gguf
+
+        reader = gguf.GGUFReader(path)
+        arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+        return int(reader.fields[f"{arch}.block_count"].parts[-1][0])
+    except (OSError, ValueError, KeyError, IndexError) as e:  # the advice only; the load error is raised anyway
+        _LOGGER.debug("no block count in %s: %s", path, e)
+        return None

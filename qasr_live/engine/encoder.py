@@ -8,6 +8,8 @@ what lets the streaming recognizer encode incrementally.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -15,8 +17,10 @@ import numpy as np
 import numpy.typing as npt
 
 from qasr_live.engine.features import feature_output_length
+from qasr_live.engine.gpu import CPU_PROVIDER, encoder_providers
 from qasr_live.errors import ModelError
 
+_LOGGER = logging.getLogger(__name__)
 CHUNK_FRAMES = 100
 ROWS_PER_CHUNK = 13
 WINDOW_ROWS = 104  # 13 rows/s x n_window_infer 800 frames / 100 frames per chunk
@@ -53,7 +57,15 @@ def window_batch(
 class AudioEncoder:
     """Two ONNX Runtime sessions. Not thread-safe; one instance per process (see worker.py)."""
 
-    def __init__(self, frontend: str | Path, backend: str | Path, threads: int = 1, arena: bool = False) -> None:
+    def __init__(
+        self,
+        frontend: str | Path,
+        backend: str | Path,
+        threads: int = 1,
+        arena: bool = False,
+        providers: Sequence[str] = ("auto",),
+    ) -> None:
+        """`providers`: `engine.encoder_providers` names (engine/gpu.py), in order; the CPU is always last."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -68,14 +80,36 @@ class AudioEncoder:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.log_severity_level = 3
+        wanted = encoder_providers(list(providers), ort.get_available_providers())
         try:
-            self._frontend = ort.InferenceSession(str(frontend), options, providers=["CPUExecutionProvider"])
-            self._backend = ort.InferenceSession(str(backend), options, providers=["CPUExecutionProvider"])
+            self._frontend = ort.InferenceSession(str(frontend), options, providers=wanted)
+            self._backend = ort.InferenceSession(str(backend), options, providers=wanted)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            on = (
+                ""
+                if wanted == [CPU_PROVIDER]
+                else f" on {wanted[0]} (a GPU failure: try engine.encoder_providers: [cpu])"
+            )
             raise ModelError(
-                f"cannot load the ONNX encoder ({Path(frontend).name}, {Path(backend).name}): {e}. "
+                f"cannot load the ONNX encoder ({Path(frontend).name}, {Path(backend).name}){on}: {e}. "
                 "Re-export the model with `qasr-live export`."
             ) from e
+        #: the providers onnxruntime really runs the encoder with (it drops one whose library fails to load)
+        self.providers: list[str] = list(self._backend.get_providers())
+        gpu_wanted = [p for p in wanted if p != CPU_PROVIDER]
+        if gpu_wanted and gpu_wanted[0] not in self.providers:
+            if "auto" not in providers:  # asked for by name: never a silent CPU run
+                raise ModelError(
+                    f"onnxruntime could not start {gpu_wanted[0]} for the encoder (runs with: "
+                    f"{', '.join(self.providers)}): its GPU libraries or driver are missing or too old "
+                    "(CUDA: the CUDA and cuDNN versions onnxruntime-gpu was built for); fix them, or set "
+                    "engine.encoder_providers: [cpu]."
+                )
+            _LOGGER.warning("the encoder runs on %s: onnxruntime could not start %s", self.providers[0], gpu_wanted[0])
+        elif not gpu_wanted and "auto" in providers:
+            _LOGGER.info("the encoder runs on the CPU: the installed onnxruntime has no GPU execution provider")
+        else:
+            _LOGGER.info("the encoder runs on %s", ", ".join(self.providers))
         self.d_model = int(self._frontend.get_outputs()[0].shape[-1])
         self.output_dim = int(self._backend.get_outputs()[0].shape[-1])  # static: the projector's width
 

@@ -13,6 +13,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import TracebackType
@@ -21,21 +22,24 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from qasr_live.engine.gpu import CPU_PROVIDER
 from qasr_live.errors import EncoderCrashed, QasrError
 
 _LOGGER = logging.getLogger(__name__)
 
 
-def _serve(conn: Connection, frontend: str, backend: str, threads: int, arena: bool) -> None:
+def _serve(conn: Connection, frontend: str, backend: str, threads: int, arena: bool, providers: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     from qasr_live.engine.encoder import AudioEncoder
+    from qasr_live.engine.gpu import CPU_PROVIDER
 
     try:
-        encoder = AudioEncoder(frontend, backend, threads, arena)
+        encoder = AudioEncoder(frontend, backend, threads, arena, providers)
     except QasrError as e:
         conn.send(("error", e))
         return
-    conn.send(("ready", (encoder.d_model, os.getpid())))
+    conn.send(("ready", (encoder.d_model, os.getpid(), encoder.providers)))
+    on_gpu = encoder.providers[0] != CPU_PROVIDER
     while True:
         try:
             method, args = conn.recv()
@@ -45,18 +49,31 @@ def _serve(conn: Connection, frontend: str, backend: str, threads: int, arena: b
             return
         try:
             conn.send(("ok", getattr(encoder, method)(*args)))
-        except Exception as e:  # broad: any failure is raised in the caller (not silent), the worker keeps serving
-            conn.send(("error", QasrError(f"encoder {method} failed: {e!r}")))
+        except Exception as e:  # broad: any failure is raised in the caller (not silent)
+            if on_gpu:  # a GPU in an unknown state (out of memory, device lost): this worker ends, see restart()
+                conn.send(("gpu-failed", f"encoder {method} failed on {encoder.providers[0]}: {e!r}"))
+                return
+            conn.send(("error", QasrError(f"encoder {method} failed: {e!r}")))  # the worker keeps serving
 
 
 class EncoderWorker:
     """Same methods as AudioEncoder (encode, frontend, backend, frontend_rows), run in a spawned process."""
 
-    def __init__(self, frontend: str | Path, backend: str | Path, threads: int = 1, arena: bool = False) -> None:
-        """`arena`: ONNX Runtime's memory arena (faster repeated large inputs, more resident memory)."""
+    def __init__(
+        self,
+        frontend: str | Path,
+        backend: str | Path,
+        threads: int = 1,
+        arena: bool = False,
+        providers: Sequence[str] = ("auto",),
+    ) -> None:
+        """`arena`: ONNX Runtime's memory arena (faster repeated large inputs, more resident memory).
+        `providers`: `engine.encoder_providers`; after a crash on a GPU, `restart()` goes on with the CPU."""
         self._paths = (str(frontend), str(backend))
         self._threads = threads
         self._arena = arena
+        self._requested = list(providers)
+        self.providers: list[str] = []  # what the running worker's onnxruntime uses, first = the main one
         self._process: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self.d_model = 0
@@ -66,17 +83,25 @@ class EncoderWorker:
 
     @classmethod
     def for_offline(
-        cls, frontend: str | Path, backend: str | Path, encoder_threads: int, decoder_threads: int
+        cls,
+        frontend: str | Path,
+        backend: str | Path,
+        encoder_threads: int,
+        decoder_threads: int,
+        providers: Sequence[str] = ("auto",),
     ) -> EncoderWorker:
         """Offline transcription runs encoder and decoder one after the other: the encoder gets the decoder's
         threads too, and ONNX Runtime's memory arena (30 s segments are encoded at once)."""
-        return cls(frontend, backend, max(encoder_threads, decoder_threads), arena=True)
+        return cls(frontend, backend, max(encoder_threads, decoder_threads), arena=True, providers=providers)
 
     def start(self) -> None:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         process = ctx.Process(
-            target=_serve, args=(child, *self._paths, self._threads, self._arena), daemon=True, name="qasr-encoder"
+            target=_serve,
+            args=(child, *self._paths, self._threads, self._arena, self._requested),
+            daemon=True,
+            name="qasr-encoder",
         )
         process.start()
         child.close()  # so that a dead child reads as EOF here
@@ -85,12 +110,24 @@ class EncoderWorker:
         if status == "error":
             process.join(5)
             raise payload
-        self.d_model, self.pid = payload
+        self.d_model, self.pid, self.providers = payload
 
     def restart(self) -> None:
+        """A new worker after a crash. One that ran on a GPU comes back on the CPU: a GPU that failed once
+        (out of memory, a lost device, a driver crash) is not trusted with the next utterance."""
+        on = self.providers[0] if self.providers else CPU_PROVIDER
         self.close()
         self.restarts += 1
-        _LOGGER.warning("restarting the encoder worker (restart #%d)", self.restarts)
+        if on != CPU_PROVIDER:
+            self._requested = ["cpu"]
+            _LOGGER.warning(
+                "restarting the encoder worker (restart #%d) on the CPU: it failed on %s "
+                "(engine.encoder_providers: [cpu] avoids the GPU from the start)",
+                self.restarts,
+                on,
+            )
+        else:
+            _LOGGER.warning("restarting the encoder worker (restart #%d)", self.restarts)
         self.start()
 
     @property
@@ -117,6 +154,9 @@ class EncoderWorker:
         except (BrokenPipeError, OSError) as e:
             raise EncoderCrashed(f"the encoder worker died before {method}") from e
         status, payload = self._receive(method)
+        if status == "gpu-failed":
+            self._process.join(5)
+            raise EncoderCrashed(f"{payload}; restart the encoder (it comes back on the CPU)")
         if status == "error":
             raise payload
         rows: npt.NDArray[np.float32] = payload
