@@ -76,7 +76,7 @@ class Engine:
             overrides["recognition.context"] = context
         if aligner is not None:
             overrides["model.aligner"] = str(aligner)
-        if device == "gpu":
+        if device == "gpu":  # every layer, and the encoder on a GPU provider when onnxruntime has one
             overrides["engine.n_gpu_layers"] = -1
         sources = {key: f"Engine({key.split('.')[-1]}=...)" for key in overrides}
         self.config: AppConfig = with_overrides(cfg, overrides, sources=sources) if overrides else cfg
@@ -85,7 +85,12 @@ class Engine:
         self._aligner: Aligner | None = None  # loaded on the first timestamps=True
         e = self.config.engine
         self._lock = threading.Lock()  # one transcription at a time: the decoder has one sequence
-        self._encoder = AudioEncoder(self.model.frontend, self.model.backend, max(e.encoder_threads, e.decoder_threads))
+        self._encoder = AudioEncoder(
+            self.model.frontend,
+            self.model.backend,
+            max(e.encoder_threads, e.decoder_threads),
+            providers=e.encoder_providers,
+        )
         self._transcriber: Transcriber | None = Transcriber(self.model, e, self._encoder)
 
     # --- transcription ----------------------------------------------------------------------------------------
