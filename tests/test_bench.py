@@ -79,6 +79,18 @@ def test_soak_short_mode(tmp_path: Path, tiny_models) -> None:
     growth = run["summary"]["rss_growth_after_minute_2"]
     assert all(isinstance(growth[k], float) for k in ("daemon", "encoder", "total"))
     assert isinstance(run["summary"]["latency"]["p95_drift"], float)
-    assert set(run["summary"]["targets"]) == {"rss_growth_max", "p95_drift_max", "rss_growth_met", "drift_met"}
+    assert set(run["summary"]["targets"]) == {
+        "rss_growth_max",
+        "p95_drift_max",
+        "rss_growth_met",
+        "kept_up",
+        "drift_met",
+    }
     assert "| 2 |" in (out / "soak.md").read_text()
     assert (out / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a killed run leaves partial.json (every completed minute): --render makes the report from it
+    (out / "soak.json").unlink()
+    rendered = subprocess.run([*cmd[:4], "--render"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    again = json.loads((out / "soak.json").read_text())
+    assert again["minutes"] >= 1 and again["summary"]["latency"]["clips"] >= 2
