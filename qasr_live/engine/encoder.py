@@ -75,8 +75,8 @@ class AudioEncoder:
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.log_severity_level = 3
         # Prepacking copies every int8 weight matrix into the kernel's layout and keeps both until the session is
-        # built: the 0.6B encoder process peaked 137 MB higher with it, for encoder time within noise and the same
-        # output bits (bench/memory.py; docs/performance.md "Memory budget").
+        # built: the 0.6B encoder process peaked 37-137 MB higher with it, for encoder time within noise and the
+        # same output bits (bench/memory.py; docs/performance.md "Memory budget").
         options.add_session_config_entry("session.disable_prepacking", "1" if DISABLE_PREPACKING else "0")
         try:
             self._frontend = ort.InferenceSession(str(frontend), options, providers=["CPUExecutionProvider"])
