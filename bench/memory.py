@@ -1,15 +1,18 @@
 """Resident memory against speed for the settings that decide it: ``python -m bench.memory SIZE OUT.json``.
 
 Each configuration runs in a fresh process (peak RSS = VmHWM of that process):
-* decoder (q4_k): llama.cpp's repacked CPU weights on/off x context 4096/2048: RSS after loading, peak RSS
-  after a 400-position prefill and 64 generated tokens, prefill and generation tokens/s;
-* encoder (int8): ONNX Runtime's CPU arena on/off, encoding 2, 5, 10 and 30 s clips in turn (as a streaming
-  session does): peak RSS and ms per audio second on the 10 s clip.
+* decoder (q4_k): llama.cpp's repacked CPU weights on/off x context 4096/2048, then (unrepacked) the daemon's
+  context sized from the need (engine/loading.context_size) with an f16 and a q8_0 KV cache: RSS after loading,
+  peak RSS after a 400-position prefill and 64 generated tokens, prefill and generation tokens/s;
+* encoder (int8): ONNX Runtime's CPU arena on/off, then (arena off, the daemon's setting) weight prepacking
+  on/off x chunks per frontend run (all / 1), encoding 2, 5, 10 and 30 s clips in turn: peak RSS after loading
+  and in all, and ms per audio second on the 10 s clip.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,6 +24,9 @@ from bench.audio import speech
 from bench.models import ROOT, prepare
 from bench.offline import THREADS, peak_rss_mb
 
+# "daemon" runs (python -m bench.memory SIZE OUT daemon): one repetition and 16 generated tokens, for a loaded
+# machine where only the memory figures mean anything
+QUICK = os.environ.get("BENCH_MEMORY_QUICK") == "1"
 PROMPT_ROWS = 380  # + ~20 prompt tokens: a full decoder memory (memory_tokens 400)
 
 
@@ -31,14 +37,14 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def decoder_child(size: str, repack: bool, n_ctx: int) -> dict:
+def decoder_child(size: str, repack: bool, n_ctx: int, kv: str = "f16") -> dict:
     from qasr_live.engine.decoder import Decoder
     from qasr_live.engine.generation import generate
     from qasr_live.engine.model_dir import open_model_dir
 
     model = open_model_dir(prepare(size).model_dir, "int8", "q4_k", verify=False)
     t = time.perf_counter()
-    d = Decoder(model.decoder, n_ctx=n_ctx, threads=THREADS, repack=repack)
+    d = Decoder(model.decoder, n_ctx=n_ctx, threads=THREADS, repack=repack, kv_cache_type=kv)
     load_s = time.perf_counter() - t
     after_load = _rss_mb()
     rows = np.random.default_rng(0).standard_normal((PROMPT_ROWS, d.n_embd)).astype(np.float32) * 0.02
@@ -47,7 +53,7 @@ def decoder_child(size: str, repack: bool, n_ctx: int) -> dict:
         d.tokenize("<|audio_end|><|im_end|>\n<|im_start|>assistant\nlanguage English<asr_text>"),
     )
     best_prefill, best_gen = float("inf"), float("inf")
-    for _ in range(3):
+    for _ in range(1 if QUICK else 3):
         d.rewind(0)
         t = time.perf_counter()
         d.feed_tokens(head, want_logits=False)
@@ -55,12 +61,13 @@ def decoder_child(size: str, repack: bool, n_ctx: int) -> dict:
         d.feed_tokens(tail)
         best_prefill = min(best_prefill, time.perf_counter() - t)
         t = time.perf_counter()
-        n = len(generate(d, set(), 64, repetition_guard=False).tokens)
+        n = len(generate(d, set(), 16 if QUICK else 64, repetition_guard=False).tokens)
         best_gen = min(best_gen, time.perf_counter() - t)
     positions = len(head) + PROMPT_ROWS + len(tail)
     return {
         "repack": repack,
         "n_ctx": n_ctx,
+        "kv_cache_type": kv,
         "load_s": load_s,
         "rss_after_load_mb": after_load,
         "peak_rss_mb": peak_rss_mb(),
@@ -69,22 +76,32 @@ def decoder_child(size: str, repack: bool, n_ctx: int) -> dict:
     }
 
 
-def encoder_child(size: str, arena: bool) -> dict:
-    from qasr_live.engine.encoder import AudioEncoder
+def encoder_child(size: str, arena: bool, prepack: bool = True, frontend_batch: int = 0) -> dict:
+    from qasr_live.engine import encoder as encoder_module
     from qasr_live.engine.features import log_mel
     from qasr_live.engine.model_dir import open_model_dir
 
     model = open_model_dir(prepare(size).model_dir, "int8", "q4_k", verify=False)
-    encoder = AudioEncoder(model.frontend, model.backend, THREADS, arena=arena)
+    encoder_module.DISABLE_PREPACKING = not prepack
+    encoder_module.FRONTEND_BATCH = frontend_batch or 1000  # 0: every chunk of a clip in one run
+    encoder = encoder_module.AudioEncoder(model.frontend, model.backend, THREADS, arena=arena)
+    after_load = peak_rss_mb()
     mels = {s: log_mel(speech(s, seed=int(s))) for s in (2.0, 5.0, 10.0, 30.0)}
     times = []
-    for _ in range(3):
+    for _ in range(1 if QUICK else 3):
         for seconds, mel in mels.items():
             t = time.perf_counter()
             encoder.encode(mel)
             if seconds == 10.0:
                 times.append(time.perf_counter() - t)
-    return {"arena": arena, "peak_rss_mb": peak_rss_mb(), "ms_per_audio_s": min(times) / 10.0 * 1000}
+    return {
+        "arena": arena,
+        "prepack": prepack,
+        "frontend_batch": frontend_batch,
+        "peak_rss_after_load_mb": after_load,
+        "peak_rss_mb": peak_rss_mb(),
+        "ms_per_audio_s": min(times) / 10.0 * 1000,
+    }
 
 
 def _child(args: list[str]) -> dict:
@@ -98,19 +115,29 @@ def main() -> int:
     if sys.argv[1] == "child":
         kind, size, *rest = sys.argv[2:]
         if kind == "decoder":
-            result = decoder_child(size, rest[0] == "1", int(rest[1]))
+            result = decoder_child(size, rest[0] == "1", int(rest[1]), rest[2])
         else:
-            result = encoder_child(size, rest[0] == "1")
+            result = encoder_child(size, rest[0] == "1", rest[1] == "1", int(rest[2]))
         print(json.dumps(result))
         return 0
+    from qasr_live.config import EngineConfig, StreamingConfig
+    from qasr_live.engine.loading import context_size
+
     size, out = sys.argv[1], Path(sys.argv[2])
+    only = sys.argv[3] if len(sys.argv) > 3 else "all"  # "daemon": only the daemon's before/after settings
+    if only == "daemon":
+        os.environ["BENCH_MEMORY_QUICK"] = "1"
+    daemon_ctx = context_size(EngineConfig(), memory_tokens=StreamingConfig().memory_tokens)
+    decoders = [(1, 4096, "f16"), (1, 2048, "f16"), (0, 4096, "f16")] if only == "all" else []
+    decoders += [(0, 2048, "f16"), (0, daemon_ctx, "f16"), (0, daemon_ctx, "q8_0")]
+    encoders = [(1, 1, 0)] if only == "all" else []  # (arena, prepack, chunks per frontend run; 0 = all)
+    encoders += [(0, 1, 0), (0, 0, 0), (0, 0, 1)]
     result = {"decoder": [], "encoder": []}
-    for repack in (1, 0):
-        for n_ctx in (4096, 2048):
-            result["decoder"].append(_child(["decoder", size, str(repack), str(n_ctx)]))
-            print(f"[memory {size}] decoder {result['decoder'][-1]}", file=sys.stderr)
-    for arena in (1, 0):
-        result["encoder"].append(_child(["encoder", size, str(arena)]))
+    for repack, n_ctx, kv in decoders:
+        result["decoder"].append(_child(["decoder", size, str(repack), str(n_ctx), kv]))
+        print(f"[memory {size}] decoder {result['decoder'][-1]}", file=sys.stderr)
+    for arena, prepack, batch in encoders:
+        result["encoder"].append(_child(["encoder", size, str(arena), str(prepack), str(batch)]))
         print(f"[memory {size}] encoder {result['encoder'][-1]}", file=sys.stderr)
     out.write_text(json.dumps(result, indent=1))
     return 0

@@ -110,7 +110,6 @@ def _daemon(size: str, tmp: Path, mode: str, settings: dict[str, dict]) -> Runni
         tmp,
         engine={
             "decoder_threads": 2,
-            "n_ctx": 4096,
             "repetition_guard": True,
             "max_new_tokens": 512,
             **settings.get("engine", {}),

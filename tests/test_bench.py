@@ -56,3 +56,41 @@ def test_export_bench_smoke_run(tmp_path: Path) -> None:
     text = docs.read_text()
     assert text.startswith("# Performance\n\nhand-written text stays\n") and "| tiny | | **ratio** |" in text
     assert (out / "export.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_soak_short_mode(tmp_path: Path, tiny_models) -> None:
+    """`python -m bench.soak --minutes 2` on a tiny model, its "minutes" shortened to 15 s: the real daemon fed in
+    real time with subscribers connected, per-minute RSS and latency rows, the two targets, JSON, Markdown, PNG."""
+    out = tmp_path / "soak"
+    cmd = [
+        sys.executable, "-m", "bench.soak", str(out), "--model-dir", str(tiny_models["tied"]),
+        "--decoder", "q8_0", "--encoder", "int8", "--minutes", "2", "--minute-s", "15", "--subscribers", "2",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((out / "soak.json").read_text())
+    rows = run["summary"]["per_minute"]
+    assert [r["minute"] for r in rows] == [1, 2]
+    assert all(r["daemon_rss_mb"]["last"] > 0 and r["encoder_rss_mb"]["last"] > 0 for r in rows)
+    assert sum(r["utterances"] for r in rows) >= 2 and run["summary"]["latency"]["n"] >= 2
+    # every subscriber saw every commit the timing client saw: nothing dropped while the soak ran
+    assert run["raw"]["commits"] > 0 and set(run["raw"]["commits_per_subscriber"]) == {run["raw"]["commits"]}
+    assert run["raw"]["alive_at_end"] and run["raw"]["reconnects"] == 2
+    growth = run["summary"]["rss_growth_after_minute_2"]
+    assert all(isinstance(growth[k], float) for k in ("daemon", "encoder", "total"))
+    assert isinstance(run["summary"]["latency"]["p95_drift"], float)
+    assert set(run["summary"]["targets"]) == {
+        "rss_growth_max",
+        "p95_drift_max",
+        "rss_growth_met",
+        "kept_up",
+        "drift_met",
+    }
+    assert "| 2 |" in (out / "soak.md").read_text()
+    assert (out / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a killed run leaves partial.json (every completed minute): --render makes the report from it
+    (out / "soak.json").unlink()
+    rendered = subprocess.run([*cmd[:4], "--render"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    again = json.loads((out / "soak.json").read_text())
+    assert again["minutes"] >= 1 and again["summary"]["latency"]["clips"] >= 2

@@ -40,7 +40,7 @@ def test_defaults() -> None:
         encoder_threads=1,
         decoder_threads=2,
         n_gpu_layers=0,
-        n_ctx=2048,
+        n_ctx=None,
         n_batch=512,
         segment_seconds=30.0,
         max_new_tokens=512,
@@ -221,7 +221,10 @@ def test_config_error_is_a_qasr_error() -> None:
 def test_out_of_range_message() -> None:
     text = "# comment\nmodel:\n  dir: null\n\nengine:\n  decoder_threads: 2\n  n_ctx: 100\n"
     message = _error(text, "config.yaml")
-    assert message == "config.yaml:7: engine.n_ctx: 100 is below the minimum 512 (context window in tokens)"
+    assert message == (
+        "config.yaml:7: engine.n_ctx: 100 is below the minimum 512"
+        " (context window in tokens; null = sized from the need)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -276,7 +279,7 @@ def test_unknown_section() -> None:
 
 def test_wrong_type() -> None:
     message = _error("engine:\n\n  n_ctx: lots\n")
-    assert message.startswith("test.yaml:3: engine.n_ctx: expected an integer, got a string ('lots')")
+    assert message.startswith("test.yaml:3: engine.n_ctx: expected an integer or null, got a string ('lots')")
 
 
 def test_float_for_int_is_rejected() -> None:
@@ -305,8 +308,8 @@ def test_string_given_for_bool() -> None:
 
 
 def test_null_for_non_optional_key() -> None:
-    message = _error("engine:\n  n_ctx: null\n")
-    assert message.startswith("test.yaml:2: engine.n_ctx: null is not allowed")
+    message = _error("engine:\n  n_batch: null\n")
+    assert message.startswith("test.yaml:2: engine.n_batch: null is not allowed")
 
 
 def test_bad_choice_lists_allowed_values() -> None:
@@ -427,7 +430,7 @@ def test_overrides_validate_and_name_the_option() -> None:
 
     with pytest.raises(ConfigError) as info:
         with_overrides(AppConfig(), {"engine.n_ctx": True})
-    assert str(info.value).startswith("override: engine.n_ctx: expected an integer, got a boolean")
+    assert str(info.value).startswith("override: engine.n_ctx: expected an integer or null, got a boolean")
 
 
 def test_overrides_unknown_keys() -> None:

@@ -24,6 +24,12 @@ _LOGGER = logging.getLogger(__name__)
 CHUNK_FRAMES = 100
 ROWS_PER_CHUNK = 13
 WINDOW_ROWS = 104  # 13 rows/s x n_window_infer 800 frames / 100 frames per chunk
+# Chunks per frontend run. The int8 frontend quantizes its activations dynamically, with one scale over the whole
+# batch: a chunk's rows depended on which chunks shared its run (streaming and offline batch differently). One
+# chunk per run makes them a function of the chunk alone, and bounds the convolution buffers, which grow with the
+# batch: the 0.6B encoder process peaked at 305 MB against 368 MB with 4 chunks per run (10 s clip).
+FRONTEND_BATCH = 1
+DISABLE_PREPACKING = True  # see AudioEncoder; bench/memory.py measures both
 _MASKED = np.float32(-1e9)
 
 
@@ -80,6 +86,10 @@ class AudioEncoder:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.log_severity_level = 3
+        # Prepacking copies every int8 weight matrix into the kernel's layout and keeps both until the session is
+        # built: the 0.6B encoder process peaked 37-137 MB higher with it, for encoder time within noise and the
+        # same output bits (bench/memory.py; docs/performance.md "Memory budget").
+        options.add_session_config_entry("session.disable_prepacking", "1" if DISABLE_PREPACKING else "0")
         wanted = encoder_providers(list(providers), ort.get_available_providers())
         try:
             self._frontend = ort.InferenceSession(str(frontend), options, providers=wanted)
@@ -114,10 +124,14 @@ class AudioEncoder:
         self.output_dim = int(self._backend.get_outputs()[0].shape[-1])  # static: the projector's width
 
     def frontend(self, chunks: np.ndarray) -> npt.NDArray[np.float32]:
-        """(B, 128, 100) mel chunks -> (B, 13, d_model) rows."""
-        out: npt.NDArray[np.float32] = self._frontend.run(
-            None, {"chunk_mel": np.ascontiguousarray(chunks, dtype=np.float32)}
-        )[0]
+        """(B, 128, 100) mel chunks -> (B, 13, d_model) rows, FRONTEND_BATCH chunks per run."""
+        parts = [
+            self._frontend.run(
+                None, {"chunk_mel": np.ascontiguousarray(chunks[i : i + FRONTEND_BATCH], dtype=np.float32)}
+            )[0]
+            for i in range(0, max(1, len(chunks)), FRONTEND_BATCH)
+        ]
+        out: npt.NDArray[np.float32] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return out
 
     def backend(self, rows: np.ndarray) -> npt.NDArray[np.float32]:

@@ -62,7 +62,7 @@ from qasr_live.engine.encoder import Encoder
 from qasr_live.engine.generation import AnswerLength, Generation, generate, with_fallback
 from qasr_live.engine.incremental import ClipEncoder
 from qasr_live.engine.kv_cache import PrefixCache
-from qasr_live.engine.loading import MIN_SECONDS, open_decoder, stop_ids
+from qasr_live.engine.loading import MIN_SECONDS, context_size, open_decoder, stop_ids
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.engine.prompt import ASR_TEXT, Prompt, build_prompt, prompt_head, prompt_tail, split_answer
 from qasr_live.errors import ConfigError, EncoderCrashed
@@ -104,7 +104,10 @@ class StreamingRecognizer(LongUtterances):
         self.streaming = streaming
         self.encoder = encoder
         self.answer_length = answer_length
-        self.decoder = open_decoder(model, engine, words_only=answer_length is not None)
+        # The KV cache is sized from what one utterance can need (decoder memory + one segment), not a fixed
+        # 2048: unused positions are resident memory (docs/performance.md "Memory budget").
+        n_ctx = context_size(engine, memory_tokens=streaming.memory_tokens)
+        self.decoder = open_decoder(model, engine, n_ctx=n_ctx, words_only=answer_length is not None)
         self.asr_text_id = self.decoder.token_id(ASR_TEXT)
         self.stop_ids = stop_ids(self.decoder)
         self.memory = DecoderMemory(streaming.memory_tokens, streaming.memory_utterances)
