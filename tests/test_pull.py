@@ -660,10 +660,10 @@ def test_model_name_in_config(store):
     config.write_text(TRANSCRIBE_CONFIG + "model:\n  name: beta\n")
     done = qasr("transcribe", SAMPLE, "--config", config, env=store.env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "model     beta (" in done.stderr
+    assert re.search(r"^  model +beta \(", done.stderr, re.M), done.stderr
     # --model DIR wins over model.name
     done = qasr("transcribe", SAMPLE, "--config", config, "--model", store.root / "alpha", env=store.env)
-    assert done.returncode == 0 and "model     alpha (" in done.stderr
+    assert done.returncode == 0 and re.search(r"^  model +alpha \(", done.stderr, re.M), done.stderr
 
     config.write_text("model:\n  name: nope\n")
     proc = qasr("transcribe", SAMPLE, "--config", config, env=store.env)
