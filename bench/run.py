@@ -1,4 +1,4 @@
-"""Run the benchmark suite: ``python -m bench.run [--sizes 0.6b,1.7b] [--reps 5] [--quick]``.
+"""Run the benchmark suite: ``python -m bench.run [--sizes 0.6b,1.7b] [--rounds 4] [--quick]``.
 
 For each size: the cached real-shaped checkpoint and its export (built on first use), the official
 implementation's offline measurements, ours, and the streaming measurements through the real daemon, each in
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bench.models import ROOT, prepare
 from bench.report import PERFORMANCE_DOC, RESULTS, render
+from bench.session_report import write_session_report
 
 
 def _machine() -> dict:
@@ -49,7 +50,7 @@ def _side(module: str, args: list[str], out: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="0.6b,1.7b", help="comma-separated: 0.6b, 1.7b (tiny: a smoke run)")
-    parser.add_argument("--reps", type=int, default=5, help="utterances per length and mode")
+    parser.add_argument("--rounds", type=int, default=4, help="streaming: rounds of 5 utterances per daemon")
     parser.add_argument("--quick", action="store_true", help="one repetition, 5 s of armed CPU (a smoke run)")
     parser.add_argument(
         "--parts", default="official,ours,streaming", help="what to measure; the other parts of an existing result stay"
@@ -70,8 +71,11 @@ def main() -> int:
                 if part in parts:
                     result[part] = _side("bench.offline", [part, size], side)
             if "streaming" in parts:
-                streaming = ["--reps", str(1 if args.quick else args.reps)] + (["--idle", "5"] if args.quick else [])
+                streaming = ["--rounds", str(1 if args.quick else args.rounds)] + (
+                    ["--idle", "5"] if args.quick else []
+                )
                 result["streaming"] = _side("bench.streaming", [size, *streaming], side)
+                write_session_report(result["streaming"], args.out / f"session-{size}", size)
         if model.build_seconds is not None or model.export_seconds is not None:  # built in this run
             result["build_s"], result["export_s"] = model.build_seconds, model.export_seconds
         path.write_text(json.dumps(result, indent=1))

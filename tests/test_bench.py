@@ -27,17 +27,21 @@ def test_bench_smoke_run_writes_results_table_and_plots(tmp_path: Path) -> None:
     assert set(run["ours"]["encoder"]) == {"fp32", "int8", "int4"}
     assert set(run["ours"]["decoder"]) == {"f16", "q8_0", "q4_k"}
     assert all(r["generated_tokens"] == 240 for r in run["ours"]["offline"].values())  # forced: 4 per second
-    for mode in ("continuous", "ptt"):
+    for mode in ("continuous", "ptt"):  # --quick: one round of the session, each length once in a shuffled order
         s = run["streaming"][mode]
-        assert [u["length_s"] for u in s["utterances"]] == [2.0, 5.0, 10.0]
-        assert set(s["final"]) == {"2", "5", "10"} and s["ready_s"] > 0 and s["peak_rss_mb"]["total"] > 0
+        assert sorted(u["length_s"] for u in s["utterances"]) == [2.0, 3.0, 5.0, 7.0, 10.0]
+        assert [u["index"] for u in s["utterances"]] == [1, 2, 3, 4, 5]
+        assert set(s["final"]) == {"2", "3", "5", "7", "10"} and s["ready_s"] > 0 and s["peak_rss_mb"]["total"] > 0
+        assert all(u["offline_s"] > 0 and u["daemon_latency"]["decode_ms"] >= 0 for u in s["utterances"])
+        assert len(s["session"]["rounds"]) == 1 and s["session"]["five_s"]["final_over_offline"]
     assert run["streaming"]["continuous"]["utterances"][0]["reason"] == "silence"
     assert all(u["reason"] == "key_release" for u in run["streaming"]["ptt"]["utterances"])
 
     text = docs.read_text()
     assert text.startswith("# Performance\n\nhand-written text stays\n")
     assert "| tiny | q4_k/int8 |" in text and "| tiny | push-to-talk | 10 s | 1 |" in text
-    for name in ("latency.png", "rtf.png", "tokens_per_second.png"):
+    assert "| push-to-talk: key release → final | 1 | 1–5 |" in (out / "session-tiny.md").read_text()
+    for name in ("latency.png", "rtf.png", "tokens_per_second.png", "session-tiny.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -98,6 +98,9 @@ class _Utterance:
     speculation_ms: float | None = None
     final: Finish | Cancel | None = None  # the job that ends it, once queued
     end_reason: EndReason | None = None
+    ticks: int = 0  # partial decodes run, their time and the positions they fed (the latency profile)
+    tick_ms: float = 0.0
+    tick_prefill: int = 0
 
 
 class DictationController:
@@ -364,6 +367,10 @@ class DictationController:
         utt.in_tick = False
         if tick is not None:
             self._commits(utt, tick.commits, tick.language)  # even when the utterance ended meanwhile
+            if tick.stats.encoder_ms or tick.stats.prefill_ms:  # it decoded (or began to)
+                utt.ticks += 1
+                utt.tick_ms += tick.stats.total_ms
+                utt.tick_prefill += tick.stats.prefill_tokens
         if utt.ended:
             self._set_state(DictationState.FINALIZING)
             return
@@ -402,6 +409,18 @@ class DictationController:
         if utt.speculation_ms is not None:
             latency["speculative_decode_ms"] = round(utt.speculation_ms, 1)
         latency["audio_ms"] = round(utt.samples / SAMPLE_RATE * 1000, 1)
+        if utt.ticks:
+            latency.update(ticks=utt.ticks, ticks_ms=round(utt.tick_ms, 1), ticks_prefill_tokens=utt.tick_prefill)
+        if final is not None:  # the final decode's profile (near zero when a speculation was kept)
+            s = final.stats
+            latency.update(
+                decode_ms=round(s.total_ms, 1),
+                encoder_ms=round(s.encoder_ms, 1),
+                prefill_ms=round(s.prefill_ms, 1),
+                prefill_tokens=s.prefill_tokens,
+                generate_ms=round(s.generate_ms, 1),
+                generated_tokens=s.generated_tokens,
+            )
         language = (final.language or None) if final is not None else None
         self._out.append(
             Publish(UtteranceEndEvent(utterance_id=utt.id, reason=reason, latency=latency, language=language))

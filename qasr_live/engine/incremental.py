@@ -116,6 +116,9 @@ class ClipEncoder:
 
     def update(self, audio: np.ndarray, encoder: Encoder) -> list[np.ndarray]:
         n = len(audio)
+        if n == self.n_samples and self.blocks:  # nothing new (a final decode right after a tick): same rows
+            self.frontend_chunks = self.backend_rows = 0
+            return self.blocks
         n_frames = n // HOP
         final = self.final_chunks(n)
         chunks = self._chunks[:final]  # fewer only when a rollover truncates the clip

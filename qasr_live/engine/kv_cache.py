@@ -6,7 +6,7 @@ prompt starts with the previous segment's rows, which the previous prompt held a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -68,12 +68,25 @@ class PrefixCache:
                 return pos
         return pos
 
-    def feed(self, prompt: Prompt) -> int:
+    def feed(self, prompt: Prompt, *, shift: bool = False) -> int:
         """Make the sequence hold `prompt` (with logits for its last position when it has a tail); returns the
-        number of positions kept."""
+        number of positions kept. `shift`: see feed_until."""
+        keep = self.feed_until(prompt, None, shift=shift)
+        assert keep is not None, "a feed without `until` runs to the end"
+        return keep
+
+    def feed_until(self, prompt: Prompt, until: Callable[[], bool] | None, *, shift: bool = False) -> int | None:
+        """feed(), stopping early when `until` says so.
+
+        `shift`: when the prompt's rows are the held ones with leading blocks removed (the decoder memory lost its
+        oldest utterances), those positions are dropped and the rest moved down (`Decoder.drop`) instead of
+        prefilled again: not exact (see there), so only for the streaming memory. `until`: asked between batches;
+        when it says True the feed stops, what was fed stays held, and this returns None."""
         head, blocks, tail = prompt.head, prompt.rows, prompt.tail
         n_rows = prompt.n_rows
         total = prompt.n_positions
+        if shift and self.head == head and blocks:
+            self._drop_leading_blocks(blocks[0])
         if self.head is None:
             keep = 0
         elif head != self.head:
@@ -88,19 +101,44 @@ class PrefixCache:
         try:
             d.rewind(keep)
             pos, h = keep, len(head)
+            done = True
             if pos < h:
-                d.feed_tokens(head[pos:], want_logits=False)
+                done = d.feed_tokens(head[pos:], want_logits=False, until=until)
                 pos = h
-            if pos < h + n_rows:
-                d.feed_embeddings(_rows_between(blocks, pos - h))
+            if done and pos < h + n_rows:
+                done = d.feed_embeddings(_rows_between(blocks, pos - h), until=until)
                 pos = h + n_rows
-            if pos < total:
-                d.feed_tokens(tail[pos - h - n_rows :])
+            if done and pos < total:
+                done = d.feed_tokens(tail[pos - h - n_rows :], until=until)
         except BaseException:
             self.invalidate()
             raise
+        if not done:  # interrupted: the sequence holds the prompt's first n_past positions
+            self._hold(prompt, d.n_past)
+            return None
         self.head, self.blocks, self.tail = list(head), list(blocks), list(tail)
         return keep
+
+    def _hold(self, prompt: Prompt, n: int) -> None:
+        """Record that the sequence holds the first `n` positions of `prompt`."""
+        h, r = len(prompt.head), prompt.n_rows
+        self.head = list(prompt.head[:n])
+        self.blocks = list(prompt.rows) if n >= h + r else [_rows_between(prompt.rows, 0, n - h)] if n > h else []
+        self.tail = list(prompt.tail[: n - h - r]) if n > h + r else []
+
+    def _drop_leading_blocks(self, first: np.ndarray) -> None:
+        """If the held blocks from some k >= 1 on start with `first` (the very same block, or one whose first row is
+        equal: a memory entry's copy of an utterance's rows), drop the positions of the k blocks before it and move
+        the rest down."""
+        if self.head is None or not len(first):
+            return
+        for index in range(1, len(self.blocks)):
+            block = self.blocks[index]
+            if block is first or (len(block) and np.array_equal(block[0], first[0])):
+                count = sum(len(b) for b in self.blocks[:index])
+                if self.decoder.drop(len(self.head), count):
+                    self.blocks = self.blocks[index:]
+                return
 
     def extend(self, tokens: Sequence[int]) -> None:
         """Generated tokens that were fed after the prompt."""

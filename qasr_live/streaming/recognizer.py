@@ -198,7 +198,8 @@ class StreamingRecognizer(LongUtterances):
             self._prefill_memory(self._context, self.memory.select(self._language)[1])
 
     def _prefill_memory(self, context: str, entries: Sequence[MemoryEntry]) -> None:
-        self._kv.feed(Prompt(self._tokenize(prompt_head(context)), [e.rows for e in entries], []))
+        prompt = Prompt(self._tokenize(prompt_head(context)), [e.rows for e in entries], [])
+        self._kv.feed(prompt, shift=self.streaming.memory_shift and bool(entries))
 
     def add_audio(self, pcm: np.ndarray) -> None:
         """Append 16 kHz mono samples (int16, or float32 in [-1, 1]). No computation."""
@@ -392,8 +393,12 @@ class StreamingRecognizer(LongUtterances):
         utt, d = self._require(), self.decoder
         prompt = self._prompt(blocks)
         t0 = time.perf_counter()
-        keep = self._kv.feed(prompt)
+        shift = self.streaming.memory_shift and bool(utt.memory)
+        keep = self._kv.feed_until(prompt, interrupt.is_set if interrupt is not None else None, shift=shift)
         t1 = time.perf_counter()
+        if keep is None:  # the endpoint came during the prefill: what was fed stays in the KV cache
+            stats.add(prefill_ms=(t1 - t0) * 1000, prefill_tokens=self.decoder.n_past)
+            return Decoded(utt.language_now, [], "interrupted")
         budget = min(budget, d.n_ctx - prompt.n_positions)
         stops, guard = self.stop_ids, self.engine.repetition_guard
         forced = self.answer_length(stats.values["audio_s"]) if self.answer_length is not None else None

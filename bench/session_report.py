@@ -1,0 +1,77 @@
+"""The Markdown table and the plot of a dictation session benchmark (bench/streaming.py): latency per round and
+against the utterance index, with the offline transcription of the same utterances as the yardstick."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MODES = (("continuous", "VAD: speech end → final"), ("ptt", "push-to-talk: key release → final"))
+
+
+def _s(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def session_table(result: dict, size: str) -> str:
+    lines = [
+        f"| {size} | round | utterances | final p50 (s) | final p95 (s) | first partial p50 (s) |"
+        " final / offline p50 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, label in MODES:
+        if mode not in result:
+            continue
+        for r in result[mode]["session"]["rounds"]:
+            first = 5 * (r["round"] - 1) + 1
+            lines.append(
+                f"| {label} | {r['round']} | {first}–{first + 4} | {_s(r['final_p50'])} | {_s(r['final_p95'])} |"
+                f" {_s(r['first_partial_p50'])} | {_s(r['final_over_offline_p50'])} |"
+            )
+    lines.append("")
+    for mode, label in MODES:
+        if mode in result:
+            s = result[mode]["session"]
+            lines.append(
+                f"- {label}: last round p50 / first round p50 = {s['final_growth']:.2f}; slope "
+                f"{s['final_slope_ms_per_utterance']:+.0f} ms per utterance; 5 s utterances: final / offline "
+                + ", ".join(f"{x:.2f}" for x in s["five_s"]["final_over_offline"])
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_session_report(result: dict, stem: Path, size: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    md = stem.with_suffix(".md")
+    md.write_text(session_table(result, size))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    offline_drawn = False
+    for (mode, label), style in zip(MODES, ("o-", "s-"), strict=True):
+        if mode not in result:
+            continue
+        rows = result[mode]["utterances"]
+        ax.plot([u["index"] for u in rows], [u["final_s"] for u in rows], style, label=label, ms=4)
+        first = [(u["index"], u["first_partial_s"]) for u in rows if u["first_partial_s"] is not None]
+        ax.plot(*zip(*first, strict=True), style.replace("-", ":"), label=f"{mode}: onset → first partial", ms=3)
+        if not offline_drawn and all("offline_s" in u for u in rows):
+            ax.plot(
+                [u["index"] for u in rows],
+                [u["offline_s"] for u in rows],
+                "x",
+                color="gray",
+                label="offline transcription of the same utterance",
+            )
+            offline_drawn = True
+    for boundary in range(5, max(u["index"] for m, _ in MODES if m in result for u in result[m]["utterances"]), 5):
+        ax.axvline(boundary + 0.5, color="lightgray", lw=0.8)
+    ax.set(title=f"{size}: latency over a dictation session", xlabel="utterance index", ylabel="seconds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    png = stem.with_suffix(".png")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return [md, png]
