@@ -204,9 +204,20 @@ def test_clipboard_route_restores_every_type_of_the_previous_clipboard(sway, win
             assert t.type_text("again").ok
             assert window.wait_text("again") == "again"
             assert clipboard_now(sway) == RICH_CLIPBOARD
-            # the user copies something else: the typist lets go, theirs stays
-            subprocess.run(["wl-copy", "mine"], env=sway.env, check=True, timeout=5)
-            assert clipboard_now(sway)["text/plain"] == b"mine"
+    # the typist closes (the daemon exits): what it served goes to wl-copy, one type, the richest
+    assert clipboard_now(sway) == {"image/png": RICH_CLIPBOARD["image/png"]}
+
+
+def test_a_copy_after_the_restore_is_the_users_and_stays(sway, window):
+    require_data_control()
+    with ClipboardApp(sway, RICH_CLIPBOARD), typist(sway, backend="clipboard") as t:
+        assert t.type_text("restored").ok
+        assert window.wait_text("restored") == "restored"
+        assert clipboard_now(sway) == RICH_CLIPBOARD
+        subprocess.run(["wl-copy", "mine"], env=sway.env, check=True, timeout=5)
+        assert clipboard_now(sway)["text/plain"] == b"mine"
+    # closing the typist neither empties nor overwrites the user's new clipboard
+    assert clipboard_now(sway)["text/plain"] == b"mine"
 
 
 def test_without_data_control_one_type_comes_back_and_the_log_says_so(sway, window, monkeypatch, caplog):

@@ -42,6 +42,7 @@ __all__ = [
     "paste_failed",
     "paste_wayland",
     "paste_x11",
+    "release_wayland",
     "restore_wayland",
     "snapshot",
 ]
@@ -133,13 +134,31 @@ def restore_wayland(
 
 def _serve_wayland(types: dict[str, bytes], session: Session, owners: dict[str, WaylandClipboardOwner]) -> None:
     socket = wayland_socket(session.env)
-    owner = owners.get(socket)
+    owner = owners.pop(socket, None)
     if owner is not None and owner.alive:
-        owner.set_types(types)  # our connection is up still (it served the last restore): a new selection on it
-        return
+        try:
+            owner.set_types(types)  # our connection is up still (it served the last restore): a new selection
+            owners[socket] = owner
+            return
+        except TypingBackendError:
+            log.debug("clipboard: the Wayland clipboard owner stopped: a new one")
     if owner is not None:
         owner.close()
     owners[socket] = WaylandClipboardOwner(session.env, types)
+
+
+def release_wayland(owner: WaylandClipboardOwner) -> None:
+    """Close ``owner``; a clipboard it still serves is handed to ``wl-copy`` first (its preferred type: one
+    process, one type), so the user's clipboard outlives the daemon as far as wl-copy allows."""
+    types = owner.types if owner.alive else {}
+    mime = Snapshot(types).preferred()
+    try:
+        if mime is not None:
+            run_tool_bytes(["wl-copy", "--type", mime], owner.env, input=types[mime], timeout=5.0)
+    except TypingBackendError as e:
+        log.warning("typing: the restored clipboard is lost with the daemon: %s", e)
+    finally:
+        owner.close()
 
 
 def wayland_selection_empty(session: Session) -> bool:

@@ -21,7 +21,13 @@ from qasr_live.config import TypingConfig
 from qasr_live.desktop import Session, SessionKind
 from qasr_live.errors import TypingBackendError
 from qasr_live.events import OutputBackend
-from qasr_live.outputs.typing.clipboard import XClipboardOwner, paste_failed, paste_wayland, paste_x11
+from qasr_live.outputs.typing.clipboard import (
+    XClipboardOwner,
+    paste_failed,
+    paste_wayland,
+    paste_x11,
+    release_wayland,
+)
 from qasr_live.outputs.typing.portal import PortalKeyboard
 from qasr_live.outputs.typing.tools import (
     clipboard_commands,
@@ -65,21 +71,24 @@ class Keyboards:
         self._wl_owners: dict[str, WaylandClipboardOwner] = {}  # Wayland: a restored clipboard, by socket
 
     def close(self) -> None:
-        """Put back a clipboard waiting to be restored and close X connections."""
+        """Put back a clipboard waiting to be restored, hand a restored Wayland clipboard to wl-copy, and close
+        the connections."""
         with self._lock:
             timer, self._restore = self._restore, None
             if timer is not None:
                 timer.cancel()
                 self._restore_clipboard()
             keyboards, self._x = self._x, {}
-            owners: list[XClipboardOwner | WaylandClipboardOwner] = [*self._owners.values(), *self._wl_owners.values()]
-            self._owners, self._wl_owners = {}, {}
+            owners, self._owners = self._owners, {}
+            wl_owners, self._wl_owners = self._wl_owners, {}
             portal, self._portal = self._portal, None
             self._mac_controller = None
         for kb in keyboards.values():
             kb.close()
-        for owner in owners:
+        for owner in owners.values():
             owner.close()
+        for wl_owner in wl_owners.values():
+            release_wayland(wl_owner)
         if portal is not None:
             portal.close()
 

@@ -106,9 +106,9 @@ def wayland_socket(env: Mapping[str, str]) -> str:
 
 class WaylandClipboardOwner:
     """This process owns the Wayland clipboard and serves ``types`` (MIME type → bytes) from a thread until
-    another client takes the clipboard (``lost``) or :meth:`close` is called. ``served`` is set when a window
-    asked for a type. Raises :class:`TypingBackendError` when the compositor or its data-control protocol is
-    not there."""
+    another client takes the clipboard (``lost``: the thread ends then) or :meth:`close` is called. ``served`` is
+    set when a window asked for a type. Raises :class:`TypingBackendError` when the compositor or its
+    data-control protocol is not there."""
 
     def __init__(self, env: Mapping[str, str], types: dict[str, bytes]) -> None:
         managers = dict(data_control_protocols())
@@ -118,13 +118,19 @@ class WaylandClipboardOwner:
         from pywayland.protocol.wayland import WlSeat
 
         self.socket = wayland_socket(env)
+        self.env = dict(env)
         self.served = threading.Event()
         self.lost = threading.Event()
-        self._commands: queue.SimpleQueue[dict[str, bytes]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[tuple[dict[str, bytes], threading.Event]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         self._pipe_open = True
         self._stop = False
         self._source: Any = None
+        self._seen: Any = None  # the clipboard's offer as the compositor last announced it to this client
+        self._introduced: list[Any] = []
+        self._seat: Any = None
+        self._manager: Any = None
+        self._device: Any = None
         self._types: dict[str, bytes] = {}
         self._display = Display(self.socket)
         try:
@@ -133,7 +139,7 @@ class WaylandClipboardOwner:
             self._close_pipe()
             raise TypingBackendError(f"cannot connect to the Wayland compositor at {self.socket}") from None
         found: dict[str, tuple[int, int]] = {}
-        registry = self._display.get_registry()
+        self._registry = registry = self._display.get_registry()
 
         def on_global(_registry: Any, name: int, iface: str, version: int) -> None:
             found.setdefault(iface, (name, version))  # a handler returning a value upsets pywayland's callback
@@ -142,19 +148,22 @@ class WaylandClipboardOwner:
         self._display.roundtrip()
         offered = [g for g in managers if g in found]
         if not offered or "wl_seat" not in found:
-            self._display.disconnect()
+            self._disconnect()
             self._close_pipe()
             raise TypingBackendError(
                 "this compositor offers no data-control protocol (GNOME does not): the clipboard is restored as one "
                 "type"
             )
         self.protocol = offered[0]
-        name, version = found[self.protocol]
+        name = found[self.protocol][0]
         manager_iface = managers[self.protocol]
-        seat = registry.bind(found["wl_seat"][0], WlSeat, 1)
-        self._manager = registry.bind(name, manager_iface, min(version, manager_iface.version))
+        self._seat = seat = registry.bind(found["wl_seat"][0], WlSeat, 1)
+        # version 1: the clipboard only (version 2 adds the primary selection, which is not ours to touch)
+        self._manager = registry.bind(name, manager_iface, 1)
         self._device = self._manager.get_data_device(seat)
         self._device.dispatcher["finished"] = lambda _d: self.lost.set()
+        self._device.dispatcher["data_offer"] = self._data_offer
+        self._device.dispatcher["selection"] = self._selection
         self._offer(types)
         self._display.roundtrip()
         self._thread = threading.Thread(target=self._serve, name="qasr-wl-clipboard", daemon=True)
@@ -164,12 +173,21 @@ class WaylandClipboardOwner:
     def alive(self) -> bool:
         return self._thread.is_alive() and not self.lost.is_set()
 
-    def set_types(self, types: dict[str, bytes]) -> None:
-        """Serve ``types`` from now on, as a new selection (``served`` and ``lost`` cleared)."""
+    @property
+    def types(self) -> dict[str, bytes]:
+        """What is served now."""
+        return dict(self._types)
+
+    def set_types(self, types: dict[str, bytes], timeout: float = 2.0) -> None:
+        """Serve ``types`` from now on, as a new selection (``served`` cleared); returns once the compositor has
+        it. :class:`TypingBackendError` when the owner stopped meanwhile (make a new one)."""
+        done = threading.Event()
         self.served.clear()
-        self.lost.clear()
-        self._commands.put(types)
-        os.write(self._wake_w, b"x")
+        self._commands.put((types, done))
+        if self._pipe_open:
+            os.write(self._wake_w, b"x")
+        if not done.wait(timeout):
+            raise TypingBackendError("the Wayland clipboard owner stopped before serving the clipboard")
 
     def _offer(self, types: dict[str, bytes]) -> None:
         """A new source offering every type, made the selection (on the serving thread, or before it starts)."""
@@ -191,6 +209,18 @@ class WaylandClipboardOwner:
         # the reader may be slow or gone: write from a thread of its own so the event loop never blocks
         threading.Thread(target=_write_all, args=(fd, data), name="qasr-wl-clipboard-send", daemon=True).start()
 
+    def _data_offer(self, _device: Any, offer: Any) -> None:
+        # each clipboard change introduces an offer to this client too; held until its selection event names it
+        # (pywayland keeps no reference of its own: an unheld offer is collected before that event arrives)
+        self._introduced.append(offer)
+
+    def _selection(self, _device: Any, offer: Any) -> None:
+        # the offer is never read: destroy it and the one it replaces
+        for old in [self._seen, *self._introduced]:
+            if old is not None and old is not offer:
+                old.destroy()
+        self._seen, self._introduced = offer, []
+
     def _cancelled(self, source: Any) -> None:
         if source is self._source:  # another client set the clipboard: it is theirs now
             self._source = None
@@ -202,9 +232,15 @@ class WaylandClipboardOwner:
         try:
             while not self._stop:
                 while not self._commands.empty():
-                    self._offer(self._commands.get())
+                    types, done = self._commands.get()
+                    self.lost.clear()
+                    self._offer(types)
+                    self._display.roundtrip()  # the compositor has the selection before set_types() returns
+                    done.set()
                 self._display.dispatch(block=False)
                 self._display.flush()
+                if self.lost.is_set():
+                    break  # another client's clipboard now: nothing left to serve
                 ready, _, _ = select.select([fd, self._wake_r], [], [], 0.5)
                 if self._wake_r in ready:
                     os.read(self._wake_r, 64)
@@ -219,13 +255,31 @@ class WaylandClipboardOwner:
         self._stop = True
         if self._pipe_open:
             os.write(self._wake_w, b"x")
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
+        if self._thread is not threading.current_thread():
             self._thread.join(2.0)
-        try:
-            self._display.disconnect()
-        except (RuntimeError, ValueError):  # the compositor is gone already
-            log.debug("clipboard: closing the Wayland connection failed", exc_info=True)
+        if self._thread.is_alive():  # stuck in libwayland: freeing what it uses would crash the process
+            log.warning("clipboard: the Wayland clipboard thread did not stop; its connection is left open")
+            return
+        self._disconnect()
         self._close_pipe()
+
+    def _disconnect(self) -> None:
+        """Destroy every object of this connection, then close it. pywayland frees a proxy it still holds when
+        the garbage collector gets to it, by then after the connection was freed (a crash), and it finds the
+        connection of an object the compositor creates (an offer) through any live ``wl_registry`` of the
+        process: so nothing of this connection may outlive it, its registry least of all."""
+        from pywayland.protocol.wayland import WlRegistry
+
+        proxies = [*self._introduced, self._seen, self._source, self._device, self._manager, self._seat]
+        self._introduced, self._seen, self._source = [], None, None
+        for proxy in proxies:
+            if proxy is not None and not proxy.destroyed:
+                proxy.destroy()
+        if self._registry._ptr is not None:
+            WlRegistry.registry.pop(self._registry._ptr, None)
+        self._registry.destroy()
+        self._display.flush()
+        self._display.disconnect()
 
     def _close_pipe(self) -> None:
         pipe, self._pipe_open = self._pipe_open, False
