@@ -27,6 +27,7 @@ import queue
 import select
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -165,7 +166,10 @@ class WaylandClipboardOwner:
         self._device.dispatcher["data_offer"] = self._data_offer
         self._device.dispatcher["selection"] = self._selection
         self._offer(types)
-        self._display.roundtrip()
+        if self._display.roundtrip() < 0:  # the compositor refused (a protocol error) or went away
+            self._disconnect()
+            self._close_pipe()
+            raise TypingBackendError(f"the Wayland compositor at {self.socket} refused the clipboard")
         self._thread = threading.Thread(target=self._serve, name="qasr-wl-clipboard", daemon=True)
         self._thread.start()
 
@@ -186,8 +190,11 @@ class WaylandClipboardOwner:
         self._commands.put((types, done))
         if self._pipe_open:
             os.write(self._wake_w, b"x")
-        if not done.wait(timeout):
-            raise TypingBackendError("the Wayland clipboard owner stopped before serving the clipboard")
+        deadline = time.monotonic() + timeout
+        while not done.wait(0.05):
+            # the thread ends when another client took the clipboard: it will not pick this up
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise TypingBackendError("the Wayland clipboard owner stopped before serving the clipboard")
 
     def _offer(self, types: dict[str, bytes]) -> None:
         """A new source offering every type, made the selection (on the serving thread, or before it starts)."""
