@@ -10,6 +10,9 @@ character it receives.
   could regain), so as root it runs as ``nobody`` through ``setpriv``; clients running as root still reach its
   socket. ``sway.env`` is an environment for clients of this compositor only (``WAYLAND_DISPLAY``,
   ``XDG_RUNTIME_DIR``, ``SWAYSOCK``, no ``DISPLAY``).
+* :class:`ClipboardApp` is another application holding the clipboard with several MIME types at once (as a
+  browser does after copying an image: ``wl-copy`` offers only one), served from a process of its own through
+  the data-control protocol; it exits when another client takes the clipboard.
 * :class:`FootRecorder` runs ``foot`` (a Wayland-native terminal) with ``cat`` writing to a file, the terminal in
   non-canonical mode without echo or signals: each key the window receives arrives as bytes right away (Return
   as ``\\n``, BackSpace as DEL, which :meth:`FootRecorder.text` applies as "delete the last character").
@@ -22,8 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +36,7 @@ from typing import Any
 
 from devkit.desktop import _SESSION_VARS, _die_with_parent, require, stop_process
 
-__all__ = ["FootRecorder", "Sway", "swaymsg"]
+__all__ = ["ClipboardApp", "FootRecorder", "Sway", "swaymsg"]
 
 _NOBODY = 65534
 _CONFIG = """\
@@ -256,3 +261,68 @@ def _apply_backspace(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+_CLIPBOARD_APP = """
+import json, sys, time
+from pathlib import Path
+from qasr_live.outputs.typing.wayland_clipboard import WaylandClipboardOwner
+root = Path(sys.argv[1])
+types = {mime: (root / name).read_bytes() for mime, name in json.loads((root / "types.json").read_text())}
+owner = WaylandClipboardOwner(dict(__import__("os").environ), types)
+print("ready", flush=True)
+while owner.alive:
+    time.sleep(0.02)
+owner.close()
+"""
+
+
+class ClipboardApp:
+    """A separate client of ``sway`` owning the clipboard with ``types`` (MIME type → bytes), all offered at
+    once, until another client copies something (then its process exits: :meth:`gone`). Needs pywayland."""
+
+    def __init__(self, sway: Sway, types: dict[str, bytes], start_timeout: float = 15.0):
+        self.sway, self.types, self.start_timeout = sway, types, start_timeout
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> ClipboardApp:
+        root = Path(tempfile.mkdtemp(prefix="clipboard-app-", dir=self.sway.root))
+        names = []
+        for i, (mime, data) in enumerate(self.types.items()):
+            (root / str(i)).write_bytes(data)
+            names.append((mime, str(i)))
+        (root / "types.json").write_text(json.dumps(names))
+        repo = str(Path(__file__).resolve().parents[1])
+        env = {**self.sway.env, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+        self.log = root / "app.log"
+        with open(self.log, "wb") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _CLIPBOARD_APP, str(root)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                preexec_fn=_die_with_parent,
+            )
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.start_timeout)
+        line = self.proc.stdout.readline() if ready else b""
+        if line.strip() != b"ready":
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"the clipboard app did not start: {line!r} {self.log.read_text()[-2000:]}")
+        return self
+
+    def gone(self, timeout: float = 5.0) -> bool:
+        """Whether the app exited (it lost the clipboard to another client) within ``timeout`` seconds."""
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def __exit__(self, *exc: Any) -> None:
+        proc, self.proc = self.proc, None
+        stop_process(proc)
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()

@@ -52,7 +52,7 @@ from qasr_live.dictation.effects import (
 from qasr_live.engine.generation import AnswerLength
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.engine.worker import EncoderWorker
-from qasr_live.errors import AlignmentError, HotkeysUnavailable, ProtocolError, QasrError
+from qasr_live.errors import AlignmentError, AudioDeviceError, HotkeysUnavailable, ProtocolError, QasrError
 from qasr_live.events import (
     ControlAction,
     DictationState,
@@ -127,8 +127,16 @@ class Daemon:
             stack.enter_context(self.runtime.instance_lock())  # before anything loads: a second daemon fails at once
             if self.cfg.websocket.enabled:
                 check_bind(self.cfg.websocket)  # a refused configuration costs no model load
+            notifier = Notifier(enabled=self.cfg.feedback.notifications)
             if isinstance(self._source, MicrophoneSource):
-                await self._source.check()  # a missing device is refused now in every mode, not at a key press
+                try:  # a missing device is refused now in every mode, not at a key press
+                    await self._source.check()
+                except AudioDeviceError as e:  # started in the background, the user sees no terminal: tell them
+                    message = str(e)
+                    await loop.run_in_executor(
+                        None, lambda: notifier.notify("No microphone", message, urgency="critical")
+                    )
+                    raise
             stack.callback(self._recognizer_thread.shutdown, wait=True)
             notify("STATUS=loading the model")
             stack.push_async_callback(self._on_recognizer_thread, self._close_engine)
@@ -141,7 +149,6 @@ class Daemon:
                 _LOGGER.info("voice commands and punctuation words are off with the embedded demo model")
                 typing_cfg = dataclasses.replace(typing_cfg, voice_commands=False, punctuation_words="off")
             rules = rules_for(typing_cfg, self.cfg.recognition.language)
-            notifier = Notifier(enabled=self.cfg.feedback.notifications)
 
             # every reported failure (a full disk, the microphone gone) also reaches the desktop, off the loop:
             # a D-Bus round trip must not hold up the audio pump

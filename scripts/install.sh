@@ -111,11 +111,13 @@ APT_PACKAGES=(build-essential cmake python3-venv ffmpeg libportaudio2 xdotool xc
 # Tests: git + pipx (fresh-clone install tests), espeak-ng (speech), xvfb + pulseaudio + libasound2-plugins (a
 # real display and microphone), libtk8.6 + python3-tk (the Tk window the tests type into), systemd (unit check),
 # sway + foot + a font (a headless Wayland compositor and a window the Wayland tests type into), dbus (a private
-# session bus for the notification and portal tests), libnotify-bin (notify-send).
+# session bus for the notification and portal tests), libnotify-bin (notify-send), librust-wayland-protocols-dev
+# (its wlr-data-control XML: sway 1.7's clipboard protocol, for the multi-type clipboard restore test).
 # Demo model training (training/demo_model/build.sh): libtcmalloc-minimal4.
 # glslc: the --gpu vulkan toolchain check is tested (tests/test_gpu.py).
 [ "$mode" = dev ] && APT_PACKAGES+=(git pipx espeak-ng xvfb pulseaudio pulseaudio-utils libasound2-plugins
-  libtk8.6 python3-tk procps systemd libtcmalloc-minimal4 sway foot fonts-dejavu-core dbus libnotify-bin glslc)
+  libtk8.6 python3-tk procps systemd libtcmalloc-minimal4 sway foot fonts-dejavu-core dbus libnotify-bin glslc
+  librust-wayland-protocols-dev)
 if command -v dpkg >/dev/null; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -179,8 +181,8 @@ if [ "$mode" = runtime ]; then
   # every module of every package up front (scipy's and onnx's tests included) would add 70 MB to the venv.
   # (The dev venv compiles at install: the tests turn warnings into errors, and some dependencies' sources
   # warn when compiled, e.g. nagisa's invalid escape sequences.)
-  echo "== pip install -e . into $VENV"
-  "${PIP[@]}" --no-compile -e .
+  echo "== pip install -e .[wayland] into $VENV"
+  "${PIP[@]}" --no-compile -e ".[wayland]"  # pywayland: every clipboard type restored on Wayland (Linux only)
 else
   # torch first and pinned: an unpinned torch requested by a dependency would pull gigabytes of CUDA wheels.
   echo "== pip install torch==2.13.0 (CPU) and -e .[reference,bench,dev] into $VENV"

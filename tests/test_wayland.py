@@ -14,10 +14,10 @@ import time
 import pytest
 
 from devkit.desktop import require
-from devkit.wayland import FootRecorder, Sway
+from devkit.wayland import ClipboardApp, FootRecorder, Sway
 from qasr_live.config import TypingConfig
 from qasr_live.events import OutputBackend
-from qasr_live.outputs.typing import Typist, sanitize
+from qasr_live.outputs.typing import Typist, sanitize, wayland_clipboard
 
 pytestmark = pytest.mark.skipif(shutil.which("sway") is None, reason="needs sway (apt-get install sway foot wtype)")
 
@@ -160,6 +160,80 @@ def test_clipboard_route_pastes_and_restores_the_previous_clipboard(sway, window
     assert types.stdout.decode().split() == ["image/png"]
     back = subprocess.run(["wl-paste", "--type", "image/png"], env=sway.env, capture_output=True, timeout=5)
     assert back.stdout == image
+
+
+# what a browser leaves on the clipboard after "copy image": text, HTML and the image, offered at once
+RICH_CLIPBOARD = {
+    "text/plain": "a café 你好".encode(),
+    "text/html": '<p>a <b>café</b> 你好 <img src="x.png"></p>'.encode(),
+    "image/png": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40,
+}
+
+
+def clipboard_now(sway: Sway) -> dict[str, bytes]:
+    """Every type the clipboard offers now and its bytes, as another application would read them (wl-paste)."""
+    listed = subprocess.run(["wl-paste", "--list-types"], env=sway.env, capture_output=True, timeout=5, check=True)
+    return {
+        mime: subprocess.run(
+            ["wl-paste", "--no-newline", "--type", mime], env=sway.env, capture_output=True, timeout=5, check=True
+        ).stdout
+        for mime in listed.stdout.decode().split()
+    }
+
+
+def require_data_control() -> None:
+    pytest.importorskip("pywayland", reason="pywayland serves several clipboard types (pip install -e .[dev])")
+    if "zwlr_data_control_manager_v1" not in dict(wayland_clipboard.data_control_protocols()):
+        pytest.skip("sway 1.7 speaks wlr-data-control only: its XML is missing (librust-wayland-protocols-dev)")
+
+
+def test_clipboard_route_restores_every_type_of_the_previous_clipboard(sway, window):
+    """Another application holds text, HTML and an image at once; after the paste every type comes back byte for
+    byte, served by the typist (the application lost the clipboard to the paste and has exited)."""
+    require_data_control()
+    with ClipboardApp(sway, RICH_CLIPBOARD) as app:
+        assert clipboard_now(sway) == RICH_CLIPBOARD
+        with typist(sway, backend="clipboard") as t:
+            result = t.type_text("pasted ünï 你好")
+            assert result.ok, result.error
+            assert window.wait_text("pasted ünï 你好") == "pasted ünï 你好"
+            assert app.gone(), "the application still owns the clipboard: the paste never replaced it"
+            assert clipboard_now(sway) == RICH_CLIPBOARD
+            # a second paste while the typist serves the restored clipboard: it comes back again
+            window.clear()
+            assert t.type_text("again").ok
+            assert window.wait_text("again") == "again"
+            assert clipboard_now(sway) == RICH_CLIPBOARD
+    # the typist closes (the daemon exits): what it served goes to wl-copy, one type, the richest
+    assert clipboard_now(sway) == {"image/png": RICH_CLIPBOARD["image/png"]}
+
+
+def test_a_copy_after_the_restore_is_the_users_and_stays(sway, window):
+    require_data_control()
+    with ClipboardApp(sway, RICH_CLIPBOARD), typist(sway, backend="clipboard") as t:
+        assert t.type_text("restored").ok
+        assert window.wait_text("restored") == "restored"
+        assert clipboard_now(sway) == RICH_CLIPBOARD
+        subprocess.run(["wl-copy", "mine"], env=sway.env, check=True, timeout=5)
+        assert clipboard_now(sway)["text/plain"] == b"mine"
+    # closing the typist neither empties nor overwrites the user's new clipboard
+    assert clipboard_now(sway)["text/plain"] == b"mine"
+
+
+def test_without_data_control_one_type_comes_back_and_the_log_says_so(sway, window, monkeypatch, caplog):
+    """Where the data-control protocol cannot be spoken (GNOME, or no pywayland), wl-copy restores the richest
+    type, the image, and the log says once that the others were not restored."""
+    require_data_control()
+    monkeypatch.setattr(wayland_clipboard, "data_control_protocols", lambda: ())
+    monkeypatch.setattr("qasr_live.outputs.typing.clipboard._told_one_type", set())
+    with ClipboardApp(sway, RICH_CLIPBOARD) as app, caplog.at_level("INFO"):
+        with typist(sway, backend="clipboard") as t:
+            result = t.type_text("one type")
+        assert result.ok, result.error
+        assert window.wait_text("one type") == "one type"
+        assert app.gone()
+    assert clipboard_now(sway) == {"image/png": RICH_CLIPBOARD["image/png"]}
+    assert "restored as one type only (no Wayland data-control protocol" in caplog.text
 
 
 def test_a_100_kb_commit_full_of_control_characters_is_sanitized_and_pasted(sway, window, report):

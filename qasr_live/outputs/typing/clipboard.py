@@ -8,9 +8,12 @@ the paste was taken, put the saved clipboard back.
   sees the window's request for the text, so the restore waits exactly until the paste was taken (bounded by a
   timeout). On Wayland the text is offered with ``wl-copy --paste-once``, which gives up the clipboard after the
   first paste: the clipboard going empty is the signal.
-* **restore**: on X11 the same owner serves **every** saved type again (TARGETS lists them); on Wayland
-  ``wl-copy`` serves one type per process, so the richest one is put back (an image, else text, else the first
-  type offered) and the result's note says which. A clipboard that was empty stays empty.
+* **restore**: on X11 the same owner serves **every** saved type again (TARGETS lists them). On Wayland a
+  clipboard of several types is served by this process through the data-control protocol
+  (:class:`~qasr_live.outputs.typing.wayland_clipboard.WaylandClipboardOwner`, pywayland); where that cannot be
+  (no pywayland, or GNOME, which has no such protocol) ``wl-copy`` puts back one type, the richest (an image,
+  else text, else the first type offered), and the log says so once. One type alone always goes back with
+  ``wl-copy`` (its process outlives the daemon). A clipboard that was empty stays empty.
 
 Every tool failure is a :class:`~qasr_live.errors.TypingBackendError` naming the tool.
 """
@@ -28,6 +31,7 @@ from typing import Any
 from qasr_live.desktop import Session, SessionKind
 from qasr_live.errors import TypingBackendError
 from qasr_live.outputs.typing.tools import run_tool_bytes
+from qasr_live.outputs.typing.wayland_clipboard import WaylandClipboardOwner, wayland_socket
 from qasr_live.outputs.typing.xtest import connect_x
 
 __all__ = [
@@ -38,6 +42,7 @@ __all__ = [
     "paste_failed",
     "paste_wayland",
     "paste_x11",
+    "release_wayland",
     "restore_wayland",
     "snapshot",
 ]
@@ -102,14 +107,58 @@ def snapshot(session: Session) -> Snapshot:
     return snap
 
 
-def restore_wayland(snap: Snapshot, session: Session) -> str | None:
-    """Put the snapshot's preferred type back with ``wl-copy``; the type restored (None: nothing to restore)."""
+_told_one_type: set[str] = set()  # why all types could not be restored, logged once per reason
+
+
+def restore_wayland(
+    snap: Snapshot, session: Session, owners: dict[str, WaylandClipboardOwner] | None = None
+) -> list[str]:
+    """Put the snapshot back; the types restored (empty: the clipboard was empty, and is cleared). Several types
+    are served by this process (``owners``: kept per compositor socket) where the data-control protocol can be
+    spoken; else, and for a single type, ``wl-copy`` puts back the preferred one."""
     mime = snap.preferred()
     if mime is None:
         run_tool_bytes(["wl-copy", "--clear"], session.env, timeout=5.0)
-        return None
+        return []
+    if owners is not None and len(snap.types) > 1:
+        try:
+            _serve_wayland(snap.types, session, owners)
+            return list(snap.types)
+        except TypingBackendError as e:
+            if str(e) not in _told_one_type:
+                _told_one_type.add(str(e))
+                log.warning("typing: the clipboard is restored as one type only (%s)", e)
     run_tool_bytes(["wl-copy", "--type", mime], session.env, input=snap.types[mime], timeout=5.0)
-    return mime
+    return [mime]
+
+
+def _serve_wayland(types: dict[str, bytes], session: Session, owners: dict[str, WaylandClipboardOwner]) -> None:
+    socket = wayland_socket(session.env)
+    owner = owners.pop(socket, None)
+    if owner is not None and owner.alive:
+        try:
+            owner.set_types(types)  # our connection is up still (it served the last restore): a new selection
+            owners[socket] = owner
+            return
+        except TypingBackendError:
+            log.debug("clipboard: the Wayland clipboard owner stopped: a new one")
+    if owner is not None:
+        owner.close()
+    owners[socket] = WaylandClipboardOwner(session.env, types)
+
+
+def release_wayland(owner: WaylandClipboardOwner) -> None:
+    """Close ``owner``; a clipboard it still serves is handed to ``wl-copy`` first (its preferred type: one
+    process, one type), so the user's clipboard outlives the daemon as far as wl-copy allows."""
+    types = owner.types if owner.alive else {}
+    mime = Snapshot(types).preferred()
+    try:
+        if mime is not None:
+            run_tool_bytes(["wl-copy", "--type", mime], owner.env, input=types[mime], timeout=5.0)
+    except TypingBackendError as e:
+        log.warning("typing: the restored clipboard is lost with the daemon: %s", e)
+    finally:
+        owner.close()
 
 
 def wayland_selection_empty(session: Session) -> bool:
@@ -283,9 +332,15 @@ def paste_x11(
         log.warning("typing: clipboard types too big to restore: %s", ", ".join(saved.skipped))
 
 
-def paste_wayland(text: str, session: Session, press: Callable[[], None], timeout: float) -> None:
+def paste_wayland(
+    text: str,
+    session: Session,
+    press: Callable[[], None],
+    timeout: float,
+    owners: dict[str, WaylandClipboardOwner] | None = None,
+) -> None:
     """Paste ``text`` on Wayland: ``wl-copy --paste-once`` gives the clipboard up after the first paste, its
-    emptiness says the paste was taken; then the saved clipboard goes back (one type: wl-copy serves one)."""
+    emptiness says the paste was taken; then the saved clipboard goes back (:func:`restore_wayland`)."""
     saved = snapshot(session)
     run_tool_bytes(["wl-copy", "--paste-once"], session.env, input=text.encode(), timeout=5.0)
     try:
@@ -294,6 +349,8 @@ def paste_wayland(text: str, session: Session, press: Callable[[], None], timeou
         raise paste_failed(e) from None
     if not wait(lambda: wayland_selection_empty(session), timeout):
         raise _not_taken(timeout)
-    restored = restore_wayland(saved, session)
-    if restored is not None and len(saved.types) > 1:
-        log.info("typing: clipboard restored as %s (wl-copy serves one type of %d)", restored, len(saved.types))
+    restored = restore_wayland(saved, session, owners)
+    if len(restored) < len(saved.types):
+        log.info("typing: clipboard restored as %s (%d types were there)", ", ".join(restored), len(saved.types))
+    if saved.skipped:
+        log.warning("typing: clipboard types too big to restore: %s", ", ".join(saved.skipped))

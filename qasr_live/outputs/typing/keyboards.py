@@ -21,7 +21,13 @@ from qasr_live.config import TypingConfig
 from qasr_live.desktop import Session, SessionKind
 from qasr_live.errors import TypingBackendError
 from qasr_live.events import OutputBackend
-from qasr_live.outputs.typing.clipboard import XClipboardOwner, paste_failed, paste_wayland, paste_x11
+from qasr_live.outputs.typing.clipboard import (
+    XClipboardOwner,
+    paste_failed,
+    paste_wayland,
+    paste_x11,
+    release_wayland,
+)
 from qasr_live.outputs.typing.portal import PortalKeyboard
 from qasr_live.outputs.typing.tools import (
     clipboard_commands,
@@ -30,6 +36,7 @@ from qasr_live.outputs.typing.tools import (
     type_with_wtype,
     write_clipboard,
 )
+from qasr_live.outputs.typing.wayland_clipboard import WaylandClipboardOwner
 from qasr_live.outputs.typing.xtest import XKeyboard
 
 __all__ = ["Keyboards"]
@@ -61,9 +68,11 @@ class Keyboards:
         self._portal: PortalKeyboard | None = None  # GNOME/KDE: the RemoteDesktop portal session
         self._portal_token_path = portal_token_path
         self._owners: dict[str, XClipboardOwner] = {}  # X11: this process's clipboard, by display
+        self._wl_owners: dict[str, WaylandClipboardOwner] = {}  # Wayland: a restored clipboard, by socket
 
     def close(self) -> None:
-        """Put back a clipboard waiting to be restored and close X connections."""
+        """Put back a clipboard waiting to be restored, hand a restored Wayland clipboard to wl-copy, and close
+        the connections."""
         with self._lock:
             timer, self._restore = self._restore, None
             if timer is not None:
@@ -71,12 +80,15 @@ class Keyboards:
                 self._restore_clipboard()
             keyboards, self._x = self._x, {}
             owners, self._owners = self._owners, {}
+            wl_owners, self._wl_owners = self._wl_owners, {}
             portal, self._portal = self._portal, None
             self._mac_controller = None
         for kb in keyboards.values():
             kb.close()
         for owner in owners.values():
             owner.close()
+        for wl_owner in wl_owners.values():
+            release_wayland(wl_owner)
         if portal is not None:
             portal.close()
 
@@ -161,7 +173,8 @@ class Keyboards:
         paste_x11(text, session, display, self._owners, press, self.config.paste_timeout_s)
 
     def _paste_wayland(self, text: str, session: Session) -> None:
-        paste_wayland(text, session, functools.partial(self._press_paste, session), self.config.paste_timeout_s)
+        press = functools.partial(self._press_paste, session)
+        paste_wayland(text, session, press, self.config.paste_timeout_s, self._wl_owners)
 
     def _paste_mac(self, text: str, session: Session) -> None:
         timer, self._restore = self._restore, None

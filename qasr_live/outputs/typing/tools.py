@@ -148,7 +148,7 @@ def paste_with_tool(session: Session) -> bool:
     """Press the paste keys with a tool: ``True`` when done, ``False`` when no tool applies here (X11 without
     xdotool, macOS), so the caller presses them in-process."""
     if session.kind == SessionKind.WAYLAND:
-        run_tool(["wtype", "-M", "ctrl", "-k", "v", "-m", "ctrl"], session.env, timeout=5.0)
+        run_tool(["wtype", *_SETTLE, "-M", "ctrl", "-k", "v", "-m", "ctrl"], session.env, timeout=5.0)
         return True
     if session.kind == SessionKind.X11 and shutil.which("xdotool", path=session.env.get("PATH")):
         run_tool(["xdotool", "key", "--clearmodifiers", "ctrl+v"], session.env, timeout=5.0)
