@@ -379,10 +379,10 @@ class StreamingConfig:
         minimum=0,
     )
     memory_utterances: int = _opt(3, "most previous utterances kept in the decoder memory", minimum=0, maximum=50)
-    memory_shift: bool = _opt(
+    memory_kv_reuse: bool = _opt(
         True,
-        "evicting the oldest utterance from the decoder memory moves the others' KV entries down instead of "
-        "prefilling them again (free instead of seconds); false = exact, every prefix as a fresh prefill",
+        "the decoder memory's KV entries are kept, not computed again, when its oldest utterance leaves (moved "
+        "down) and when the current audio changes (its text moved after the new rows); false = exact",
     )
     endpoint_speculation_ms: int = _opt(
         200, "VAD mode: start the final decode after this much silence, before the hangover ends; 0 = off", minimum=0

@@ -234,3 +234,38 @@ def test_cli_uses_demo_model_and_says_so_once(tmp_path):
     reference = (DEMO_MODEL / "sample.txt").read_text()
     rate, _, _ = wer([reference], [done.stdout])
     assert rate <= MAX_WER, (done.stdout, reference)
+
+
+@needs_espeak
+def test_memory_kv_reuse_costs_no_accuracy(recognizer, report):
+    """The decoder memory's KV entries kept instead of recomputed (streaming.memory_kv_reuse, the default) against
+    exact mode: the same held-out sentences dictated one after another through the streaming recognizer (partials
+    every 0.5 s, so the memory text is moved after new rows at every decode, and the memory full and evicting): the WER stays within a point of exact mode."""
+    from qasr_live.config import EngineConfig, StreamingConfig
+    from qasr_live.streaming.recognizer import StreamingRecognizer
+
+    sentences = heldout_sentences(10, seed=11)
+    audio = [synthesize(text, *HELDOUT_VOICES[0]) for text in sentences]
+    rates = {}
+    for reuse in (True, False):
+        rec = StreamingRecognizer(
+            recognizer.model, EngineConfig(), StreamingConfig(memory_kv_reuse=reuse), recognizer.encoder
+        )
+        hyps = []
+        try:
+            for pcm in audio:
+                rec.begin()
+                for i in range(0, len(pcm), SAMPLE_RATE // 2):
+                    rec.add_audio(pcm[i : i + SAMPLE_RATE // 2])
+                    rec.tick()
+                hyps.append(rec.finish().text)
+                rec.prepare()
+            assert len(rec.memory.entries) < len(sentences) - 1  # the memory was full and evicted
+        finally:
+            rec.close()
+        rates[reuse] = wer(sentences, hyps)
+    report(
+        "demo model, 10 sentences dictated in a row: WER with memory KV reuse "
+        f"{100 * rates[True][0]:.2f} % ({rates[True][1]}/{rates[True][2]}), exact {100 * rates[False][0]:.2f} %"
+    )
+    assert rates[True][0] <= rates[False][0] + 0.01

@@ -297,8 +297,8 @@ def test_approximate_mode_accuracy_and_cost(make, encoder, report, realistic_tex
 
 def test_kv_cache_keeps_the_unchanged_prefix_and_matches_a_fresh_prefill(make, model, report, realistic_text_rate):
     """Ticks feed only what changed after the system turn, the memory rows and the frozen windows, and generate
-    exactly the token ids a from-scratch prefill of the same prompt gives."""
-    rec = make()
+    exactly the token ids a from-scratch prefill of the same prompt gives (exact mode: no memory KV reuse)."""
+    rec = make(memory_kv_reuse=False)
     run(rec, speechy(3.0, 5), ticks=False)  # an utterance in memory
     memory_rows = len(rec.memory.entries[-1].rows)
     head = len(rec.decoder.tokenize(prompt_head("")))
@@ -335,6 +335,42 @@ def test_kv_cache_keeps_the_unchanged_prefix_and_matches_a_fresh_prefill(make, m
         f"positions kept per tick (min {min(saved):.0%}); endpoint fed {final.stats.prefill_tokens} of "
         f"{final.stats.prompt_tokens}; {drafted} of {generated} generated tokens verified from the previous tail"
     )
+
+
+def test_memory_kv_reuse_feeds_only_the_current_utterance(make, report):
+    """With memory_kv_reuse (the default) a decode after the current rows changed feeds those rows and the current
+    utterance's text, not the header and the memory's text after them (moved, not recomputed); the same session
+    in exact mode feeds them every time. The cache stays consistent: one sequence, no parked entries left."""
+    fed = {}
+    for reuse in (True, False):
+        rec = make(memory_kv_reuse=reuse)
+        for seed in (5, 7):  # two utterances in memory
+            run(rec, speechy(3.0, seed), ticks=False)
+        stable = None
+        rec.begin()
+        audio, prefills = speechy(6.3, 9), []
+        for i in range(0, 6 * SR, SR // 2):
+            rec.add_audio(audio[i : i + SR // 2])
+            s = rec.tick().stats
+            if s.prompt_tokens:
+                prompt = rec.last_prompt
+                stable = prompt.stable_tail
+                prefills.append(s.prefill_tokens)
+                changed_rows = prompt.n_rows - (s.reused_tokens - len(prompt.head)) if not reuse else None
+                assert reuse or s.prefill_tokens == changed_rows + len(prompt.tail)
+        rec.add_audio(audio[6 * SR :])  # the final decode has new audio too
+        final = rec.finish()
+        prefills.append(final.stats.prefill_tokens)
+        d = rec.decoder
+        assert d._llama.llama_memory_seq_pos_max(d._memory, 0) == d.n_past - 1
+        if reuse:
+            assert d._llama.llama_memory_seq_pos_max(d._memory, 1) == -1  # nothing left parked
+        fed[reuse] = prefills
+        assert stable is not None and stable > 10  # the header and two utterances' text
+        rec.close()
+    saved = [exact - reused for reused, exact in zip(fed[True], fed[False], strict=True)]
+    report(f"memory KV reuse: positions fed per decode {fed[True]} against {fed[False]} in exact mode")
+    assert min(saved[1:]) >= stable - 1  # every decode after the first row change skips the stable tail
 
 
 def test_draft_verification_generates_the_same_tokens_in_fewer_decodes(model, encoder):
@@ -625,7 +661,7 @@ def test_prepare_moves_the_memory_prefill_out_of_begin(make):
         rec.decoder.feed_embeddings = feed
         return fed
 
-    twins = [make(memory_utterances=1, memory_shift=False), make(memory_utterances=1, memory_shift=False)]
+    twins = [make(memory_utterances=1, memory_kv_reuse=False), make(memory_utterances=1, memory_kv_reuse=False)]
     for rec in twins:  # two utterances each: the second one replaces the first in the one-entry memory
         for seed in (7, 8):
             run(rec, speechy(2.0, seed=seed), ticks=False)

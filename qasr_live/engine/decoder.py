@@ -75,6 +75,7 @@ class Decoder:
         seed: int = 0,
         repack: bool = True,
         embeddings: bool = False,
+        spare_sequence: bool = False,
     ) -> None:
         import llama_cpp.llama_cpp as llama
 
@@ -105,7 +106,9 @@ class Decoder:
                     f"llama.cpp cannot load {path}: the GGUF is corrupt or not a qwen3 model "
                     "(run with --verbose for llama.cpp's reason); re-export with `qasr-live export`."
                 )
-            self._ctx = self._init_context(n_ctx, n_batch, threads, kv_cache_type, flash_attention, embeddings)
+            self._ctx = self._init_context(
+                n_ctx, n_batch, threads, kv_cache_type, flash_attention, embeddings, spare_sequence
+            )
         finally:
             _log_reader = None
         self._vocab = llama.llama_model_get_vocab(self._model)
@@ -133,14 +136,24 @@ class Decoder:
         (_LOGGER.info if self.plan.on_gpu else _LOGGER.debug)("decoder %s: %s", self.path.name, self.offload.summary())
 
     def _init_context(
-        self, n_ctx: int, n_batch: int, threads: int, kv_cache_type: str, flash_attention: bool, embeddings: bool
+        self,
+        n_ctx: int,
+        n_batch: int,
+        threads: int,
+        kv_cache_type: str,
+        flash_attention: bool,
+        embeddings: bool,
+        spare_sequence: bool,
     ) -> Any:
         llama = self._llama
         cparams = llama.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_batch
         cparams.n_ubatch = n_batch
-        cparams.n_seq_max = 1
+        # The spare sequence (id 1) parks KV entries while positions before them are fed again (`park`): one
+        # unified cache whose cells can belong to both sequences, so parking copies nothing.
+        cparams.n_seq_max = 2 if spare_sequence else 1
+        cparams.kv_unified = spare_sequence
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.type_k = cparams.type_v = KV_CACHE_TYPES[kv_cache_type]
@@ -224,6 +237,25 @@ class Decoder:
         self._llama.llama_memory_seq_add(self._memory, 0, start + count, -1, -count)
         self.n_past -= count
         return True
+
+    def park(self, start: int, end: int) -> None:
+        """Keep the KV entries of positions [start, end) aside (in the spare sequence) so that a rewind before
+        them does not free them; `unpark` puts them back after what is fed meanwhile."""
+        self._llama.llama_memory_seq_cp(self._memory, 0, 1, start, end)
+
+    def unpark(self, start: int, end: int) -> None:
+        """Put the parked entries of positions [start, end) back at the end of the sequence, moved to follow
+        n_past (their keys re-rotated to the new positions). Not exact: they keep what they attended to before."""
+        llama, memory = self._llama, self._memory
+        delta = self.n_past - start
+        if delta:
+            llama.llama_memory_seq_add(memory, 1, start, end, delta)
+        llama.llama_memory_seq_cp(memory, 1, 0, start + delta, end + delta)
+        llama.llama_memory_seq_rm(memory, 1, -1, -1)
+        self.n_past += end - start
+
+    def drop_parked(self) -> None:
+        self._llama.llama_memory_seq_rm(self._memory, 1, -1, -1)
 
     def feed_tokens(
         self,

@@ -75,8 +75,15 @@ class PrefixCache:
         assert keep is not None, "a feed without `until` runs to the end"
         return keep
 
-    def feed_until(self, prompt: Prompt, until: Callable[[], bool] | None, *, shift: bool = False) -> int | None:
+    def feed_until(
+        self, prompt: Prompt, until: Callable[[], bool] | None, *, shift: bool = False, reuse: bool = False
+    ) -> int | None:
         """feed(), stopping early when `until` says so.
+
+        `reuse` (a decoder with a spare sequence): when rows changed but the held tail starts with the prompt's
+        stable tail (header and decoder memory text), that tail's KV entries are parked, the changed rows fed,
+        and the entries put back after them instead of being computed again. Not exact: they keep what they
+        attended to in the old rows.
 
         `shift`: when the prompt's rows are the held ones with leading blocks removed (the decoder memory lost its
         oldest utterances), those positions are dropped and the rest moved down (`Decoder.drop`) instead of
@@ -98,6 +105,9 @@ class PrefixCache:
                 keep += common_prefix(tail, self.tail)
         d = self.decoder
         keep = min(keep, d.n_past, total - 1 if tail else total)
+        parked = self._parkable(prompt, keep) if reuse else None
+        if parked is not None:
+            return self._feed_around(prompt, keep, parked, until)
         try:
             d.rewind(keep)
             pos, h = keep, len(head)
@@ -118,6 +128,45 @@ class PrefixCache:
             return None
         self.head, self.blocks, self.tail = list(head), list(blocks), list(tail)
         return keep
+
+    def _parkable(self, prompt: Prompt, keep: int) -> tuple[int, int] | None:
+        """Positions [start, end) of the held stable tail that can be kept while rows before it change."""
+        if self.head != prompt.head:
+            return None
+        h, held_rows = len(prompt.head), sum(len(b) for b in self.blocks)
+        n = min(prompt.stable_tail, len(prompt.tail) - 1)  # the prompt's last position is fed: its logits
+        start = h + held_rows
+        if n <= 0 or keep < h or keep >= start or self.tail[:n] != prompt.tail[:n]:
+            return None
+        if start + n > self.decoder.n_past:
+            return None
+        return start, start + n
+
+    def _feed_around(
+        self, prompt: Prompt, keep: int, parked: tuple[int, int], until: Callable[[], bool] | None
+    ) -> int | None:
+        d = self.decoder
+        h, n_rows = len(prompt.head), prompt.n_rows
+        start, end = parked
+        try:
+            d.park(start, end)
+            d.rewind(keep)
+            done = d.feed_embeddings(_rows_between(prompt.rows, keep - h), until=until) if keep < h + n_rows else True
+            if not done:
+                d.drop_parked()
+                self._hold(prompt, d.n_past)
+                return None
+            d.unpark(start, end)
+            done = d.feed_tokens(prompt.tail[end - start :], until=until)
+        except BaseException:
+            self.invalidate()
+            d.drop_parked()
+            raise
+        if not done:
+            self._hold(prompt, d.n_past)
+            return None
+        self.head, self.blocks, self.tail = list(prompt.head), list(prompt.rows), list(prompt.tail)
+        return keep + end - start
 
     def _hold(self, prompt: Prompt, n: int) -> None:
         """Record that the sequence holds the first `n` positions of `prompt`."""

@@ -37,12 +37,18 @@ def context_size(engine: EngineConfig, *, memory_tokens: int, answer_tokens: int
 
 
 def open_decoder(
-    model: ModelDir, engine: EngineConfig, *, n_ctx: int | None = None, words_only: bool = False
+    model: ModelDir,
+    engine: EngineConfig,
+    *,
+    n_ctx: int | None = None,
+    words_only: bool = False,
+    spare_sequence: bool = False,
 ) -> Decoder:
     """The model's decoder as `engine` configures it, checked (at load time, not mid-file) to know the tokens the
     prompt uses. `n_ctx`: the context (context_size); None = `engine.n_ctx`, else DEFAULT_N_CTX (offline segments
     hold the previous segment as memory and a whole answer). `words_only`: sample only whole words (benchmarks
-    that force the answer length: random weights then answer words, as speech would be)."""
+    that force the answer length: random weights then answer words, as speech would be). `spare_sequence`: the
+    decoder can park KV entries (Decoder.park; the streaming recognizer's memory text)."""
     decoder = Decoder(
         model.decoder,
         n_ctx=n_ctx if n_ctx is not None else engine.n_ctx or DEFAULT_N_CTX,
@@ -56,6 +62,7 @@ def open_decoder(
         temperature=engine.temperature,
         seed=engine.seed,
         repack=engine.repack_weights,
+        spare_sequence=spare_sequence,
     )
     try:
         if words_only:

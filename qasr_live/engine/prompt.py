@@ -41,6 +41,9 @@ class Prompt:
     head: list[int]
     rows: list[np.ndarray]
     tail: list[int]
+    # Leading tail tokens a cache may keep when rows change (the header and the decoder memory's text: see
+    # PrefixCache.feed_until `reuse`); 0 = the tail follows the rows exactly.
+    stable_tail: int = 0
 
     @property
     def n_rows(self) -> int:
@@ -57,11 +60,14 @@ def build_prompt(
     header_language: str | None,
     rows: Sequence[np.ndarray],
     text_ids: Sequence[int] = (),
+    stable_text: int = 0,
 ) -> Prompt:
     """The prompt with memory: earlier audio (memory) and the current audio as one audio block, then the header
     (if the language is known) and the text so far (the memory's text, then the current one); the model continues
-    that text. Used alike by the offline segments and the streaming recognizer."""
-    return Prompt(tokenize(prompt_head(context)), list(rows), tokenize(prompt_tail(header_language)) + list(text_ids))
+    that text. Used alike by the offline segments and the streaming recognizer. `stable_text`: how many of
+    `text_ids` (the memory's) may keep their KV entries when rows change (Prompt.stable_tail)."""
+    header = tokenize(prompt_tail(header_language))
+    return Prompt(tokenize(prompt_head(context)), list(rows), header + list(text_ids), len(header) + stable_text)
 
 
 @dataclass(frozen=True, slots=True)

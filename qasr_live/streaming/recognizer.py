@@ -107,7 +107,13 @@ class StreamingRecognizer(LongUtterances):
         # The KV cache is sized from what one utterance can need (decoder memory + one segment), not a fixed
         # 2048: unused positions are resident memory (docs/performance.md "Memory budget").
         n_ctx = context_size(engine, memory_tokens=streaming.memory_tokens)
-        self.decoder = open_decoder(model, engine, n_ctx=n_ctx, words_only=answer_length is not None)
+        self.decoder = open_decoder(
+            model,
+            engine,
+            n_ctx=n_ctx,
+            words_only=answer_length is not None,
+            spare_sequence=streaming.memory_kv_reuse,
+        )
         self.asr_text_id = self.decoder.token_id(ASR_TEXT)
         self.stop_ids = stop_ids(self.decoder)
         self.memory = DecoderMemory(streaming.memory_tokens, streaming.memory_utterances)
@@ -199,7 +205,7 @@ class StreamingRecognizer(LongUtterances):
 
     def _prefill_memory(self, context: str, entries: Sequence[MemoryEntry]) -> None:
         prompt = Prompt(self._tokenize(prompt_head(context)), [e.rows for e in entries], [])
-        self._kv.feed(prompt, shift=self.streaming.memory_shift and bool(entries))
+        self._kv.feed(prompt, shift=self.streaming.memory_kv_reuse and bool(entries))
 
     def add_audio(self, pcm: np.ndarray) -> None:
         """Append 16 kHz mono samples (int16, or float32 in [-1, 1]). No computation."""
@@ -377,8 +383,10 @@ class StreamingRecognizer(LongUtterances):
     def _prompt(self, blocks: Sequence[np.ndarray]) -> Prompt:
         utt = self._require()
         rows = [e.rows for e in utt.memory] + utt.carry + list(blocks)
-        text = [t for e in utt.memory for t in e.text_ids] + utt.committed[utt.text_start :]
-        return build_prompt(self._tokenize, utt.context, utt.header if utt.header_fixed else None, rows, text)
+        memory_text = [t for e in utt.memory for t in e.text_ids]
+        text = memory_text + utt.committed[utt.text_start :]
+        header = utt.header if utt.header_fixed else None
+        return build_prompt(self._tokenize, utt.context, header, rows, text, stable_text=len(memory_text))
 
     def _decode(
         self,
@@ -393,8 +401,9 @@ class StreamingRecognizer(LongUtterances):
         utt, d = self._require(), self.decoder
         prompt = self._prompt(blocks)
         t0 = time.perf_counter()
-        shift = self.streaming.memory_shift and bool(utt.memory)
-        keep = self._kv.feed_until(prompt, interrupt.is_set if interrupt is not None else None, shift=shift)
+        reuse = self.streaming.memory_kv_reuse and bool(utt.memory)
+        until = interrupt.is_set if interrupt is not None else None
+        keep = self._kv.feed_until(prompt, until, shift=reuse, reuse=reuse)
         t1 = time.perf_counter()
         if keep is None:  # the endpoint came during the prefill: what was fed stays in the KV cache
             stats.add(prefill_ms=(t1 - t0) * 1000, prefill_tokens=self.decoder.n_past)
