@@ -240,7 +240,8 @@ def test_cli_uses_demo_model_and_says_so_once(tmp_path):
 def test_memory_kv_reuse_costs_no_accuracy(recognizer, report):
     """The decoder memory's KV entries kept instead of recomputed (streaming.memory_kv_reuse, the default) against
     exact mode: the same held-out sentences dictated one after another through the streaming recognizer (partials
-    every 0.5 s, so the memory text is moved after new rows at every decode, and the memory full and evicting): the WER stays within a point of exact mode."""
+    every 0.5 s, so the memory text is moved after new rows at every decode, and the memory full and evicting):
+    the WER stays within a point of exact mode."""
     from qasr_live.config import EngineConfig, StreamingConfig
     from qasr_live.streaming.recognizer import StreamingRecognizer
 
