@@ -231,12 +231,18 @@ class Decoder:
         their keys to the new positions). Cheap, but not exact: the entries moved keep what they attended to in
         the removed ones, which a fresh prefill would not have. False (nothing changed) when this model's cache
         cannot shift positions."""
-        if count <= 0 or start + count > self.n_past or not self._llama.llama_memory_can_shift(self._memory):
+        if count <= 0 or start + count > self.n_past or not self.can_shift:
             return False
         self._llama.llama_memory_seq_rm(self._memory, 0, start, start + count)
         self._llama.llama_memory_seq_add(self._memory, 0, start + count, -1, -count)
         self.n_past -= count
         return True
+
+    @property
+    def can_shift(self) -> bool:
+        """Whether this model's KV cache can move entries to other positions (drop, unpark)."""
+        self._check_open()
+        return bool(self._llama.llama_memory_can_shift(self._memory))
 
     def park(self, start: int, end: int) -> None:
         """Keep the KV entries of positions [start, end) aside (in the spare sequence) so that a rewind before

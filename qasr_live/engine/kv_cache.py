@@ -131,7 +131,7 @@ class PrefixCache:
 
     def _parkable(self, prompt: Prompt, keep: int) -> tuple[int, int] | None:
         """Positions [start, end) of the held stable tail that can be kept while rows before it change."""
-        if self.head != prompt.head:
+        if self.head != prompt.head or not self.decoder.can_shift:
             return None
         h, held_rows = len(prompt.head), sum(len(b) for b in self.blocks)
         n = min(prompt.stable_tail, len(prompt.tail) - 1)  # the prompt's last position is fed: its logits

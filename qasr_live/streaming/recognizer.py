@@ -15,9 +15,15 @@ backend re-runs only the open 8 s window; `streaming.reencode_open_window: false
 
 **KV-cache reuse.** The decoder keeps what its sequence holds (system turn, rows, tail tokens, generated tokens);
 each decode keeps the longest unchanged prefix (`Decoder.rewind`, i.e. `llama_memory_seq_rm`) and feeds only the
-rest: the system turn, the memory and the frozen windows are not fed again. The committed text follows the audio,
-so it is fed again whenever a row changed (bounded by the rollover). The previous decode's uncommitted tail is
-passed to generation as a draft: the tokens it reproduces are verified in one batch instead of one decode each.
+rest: the system turn, the memory rows and the frozen windows are not fed again. The text follows the audio, so a
+changed row invalidates it; with `streaming.memory_kv_reuse` (the default) the header and the memory's text are
+not fed again anyway: their KV entries are parked in a spare sequence while the new rows are fed and moved after
+them (PrefixCache.feed_until `reuse`), and an utterance leaving the memory moves the others down instead of
+prefilling them again (`shift`). A decode then costs the changed rows and the current utterance's text, whatever
+the history (docs/performance.md, "Streaming latency over a session"); `false` keeps every prompt bit-exact with
+a fresh prefill. The previous decode's uncommitted tail is passed to generation as a draft: the tokens it
+reproduces are verified in one batch instead of one decode each. A partial decode's prefill stops between
+batches when the endpoint comes (`interrupt`), so the final decode does not wait for it.
 
 **Rollback and commits** (commit_policy.py): each decode re-generates only the tail after the committed prefix
 (the committed ids follow the header as assistant text); a tick commits what left the rollback window, at a word
