@@ -95,12 +95,12 @@ def record_decoding(transcriber: Transcriber, monkeypatch) -> tuple[list, list]:
     monkeypatch.setattr(
         decoder,
         "feed_tokens",
-        lambda ids, want_logits=True: (fed.append(("tokens", list(ids))), real_tokens(ids, want_logits))[1],
+        lambda ids, want_logits=True, **kw: (fed.append(("tokens", list(ids))), real_tokens(ids, want_logits, **kw))[1],
     )
     monkeypatch.setattr(
         decoder,
         "feed_embeddings",
-        lambda rows, want_logits=False: (fed.append(("rows", len(rows))), real_rows(rows))[1],
+        lambda rows, want_logits=False, **kw: (fed.append(("rows", len(rows))), real_rows(rows, **kw))[1],
     )
 
     def recording_generate(*args, **kwargs):
