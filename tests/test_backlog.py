@@ -288,11 +288,17 @@ def test_overloaded_daemon_reports_bounds_the_backlog_loses_nothing_and_resumes(
             # new speech after the recovery is taken and committed
             mic.say(np.concatenate([pause, sentences[0], pause, pause]))
             after = events.wait_for(
-                lambda e: e["type"] == "utterance_end" and e["seq"] > back["seq"] and e["reason"] == "silence",
+                lambda e: e["type"] == "utterance_end" and e["seq"] > back["seq"] and e["reason"] != "no_speech",
                 timeout=60,
             )
+            # every utterance taken ends (one may have started in the silence after the last sentence)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and _open_utterances(events.events):
+                time.sleep(0.2)
+            assert not _open_utterances(events.events), [e for e in events.events if e["type"] != "partial"]
             stop_polling.set()
             poller.join(5)
+            daemon_overloads = daemon.status()["backlog"]["overloads"]
             calls = [c for c in notifications.wait_calls(1) if c[1] == "Notify"]
         finally:
             stop_polling.set()
@@ -301,9 +307,10 @@ def test_overloaded_daemon_reports_bounds_the_backlog_loses_nothing_and_resumes(
     log = daemon.log()
     # reported once, everywhere: event, log, status, desktop notification
     assert not over["fatal"] and "streaming.max_backlog_s" in over["message"], over
-    assert len([e for e in events.events if e["type"] == "error" and e["code"] == "overload"]) == 1
+    overloads = len([e for e in events.events if e["type"] == "error" and e["code"] == "overload"])
+    assert overloads == daemon_overloads >= 1  # one report per overload (a loaded machine may make a second)
     assert "overload: the recognizer is" in log and "taking audio again" in log
-    assert status["last_error"]["code"] == "overload" and status["backlog"]["overloads"] == 1
+    assert status["last_error"]["code"] == "overload" and status["backlog"]["overloads"] >= 1
     assert any(b["overloaded"] for b in polled), polled
     assert any("streaming.max_backlog_s" in c[2][4] for c in calls), calls
     # bounded: never more than the limit plus what one pump step can add (the VAD's pre-roll and a block)
@@ -327,3 +334,8 @@ def test_overloaded_daemon_reports_bounds_the_backlog_loses_nothing_and_resumes(
         f"peak backlog {status['backlog']['peak_audio_s']} s; {len(ends)} utterances taken, all committed; "
         f"skipped {status['backlog']['skipped']}"
     )
+
+
+def _open_utterances(events: list[dict]) -> set[str]:
+    started = {e["utterance_id"] for e in events if e["type"] == "utterance_start"}
+    return started - {e["utterance_id"] for e in events if e["type"] == "utterance_end"}
