@@ -526,20 +526,8 @@ class Daemon:
             "audio": self._source.stats.as_dict(),
             "journal": self._journal_status(),
             "last_error": self.last_error,
-            "backlog": self._backlog_status(),
+            "backlog": self._jobs.status(),
             **d.counts,
-        }
-
-    def _backlog_status(self) -> dict[str, Any]:
-        q = self._jobs.queue
-        return {
-            "audio_s": round(q.queued_samples / SAMPLE_RATE, 2),  # waiting for the recognizer
-            "peak_audio_s": round(q.peak_samples / SAMPLE_RATE, 2),
-            "limit_s": self.cfg.streaming.max_backlog_s,
-            "jobs": self._jobs.jobs,
-            "overloaded": q.overloaded,
-            "overloads": q.overloads,
-            "skipped": {"tick": q.skipped["tick"], "speculate": q.skipped["speculate"]},
         }
 
     def _journal_status(self) -> dict[str, Any] | None:

@@ -8,8 +8,9 @@ tested like the VAD segmenter: feed it inputs, look at the effects (tests/test_d
 The shell (daemon.py) keeps three promises that the controller relies on:
 
 * recognizer jobs run one at a time, in the order they were emitted, and their results come back in that order
-  (one worker thread). So ``AddAudio`` queued before ``Finish`` is in the final decode, and a tick still running
-  when the utterance ends reports its commits before the final ones;
+  (one worker thread, dictation/runner.py). So ``AddAudio`` queued before ``Finish`` is in the final decode, and
+  a tick still running when the utterance ends reports its commits before the final ones; a partial tick or
+  speculation that went stale while it waited may be dropped instead, reported through :meth:`skipped`;
 * ``Interrupt`` is applied at once, not queued: it cuts a running partial decode short;
 * after ``OpenMic`` / ``CloseMic`` it calls :meth:`mic_opened` / :meth:`mic_closed` once the microphone is open,
   or closed with every block captured so far fed in.
@@ -20,6 +21,10 @@ Trigger modes:
   there speech at all".
 * ``toggle``: one press starts listening, the next stops; VAD splits the speech in between into utterances.
 * ``continuous``: always listening; VAD decides everything.
+
+Overload (dictation/backlog.py): when too much audio waits for the recognizer the shell calls :meth:`overload`: the
+utterance being recorded ends (reason ``overload``, decoded and committed like any other) and no audio is taken
+until :meth:`resume`.
 
 Endpoint speculation (``streaming.endpoint_speculation_ms``): once the VAD has seen that much trailing silence, the
 final decode starts (``Speculate``) while the hangover still runs; if speech resumes it is stale and dropped, if the

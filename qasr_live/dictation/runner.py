@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
+from qasr_live.audio.pcm import SAMPLE_RATE
 from qasr_live.dictation.backlog import RecognizerQueue
 from qasr_live.dictation.effects import Job
 
@@ -46,6 +47,19 @@ class RecognizerRunner:
     def jobs(self) -> int:
         """Jobs queued or running."""
         return len(self.queue) + (self._running is not None)
+
+    def status(self) -> dict[str, Any]:
+        """What `ctl status` shows as ``backlog``."""
+        q, rate = self.queue, SAMPLE_RATE
+        return {
+            "audio_s": round(q.queued_samples / rate, 2),  # waiting for the recognizer
+            "peak_audio_s": round(q.peak_samples / rate, 2),
+            "limit_s": round(q.limit_samples / rate, 2),
+            "jobs": self.jobs,
+            "overloaded": q.overloaded,
+            "overloads": q.overloads,
+            "skipped": {"tick": q.skipped["tick"], "speculate": q.skipped["speculate"]},
+        }
 
     def submit(self, job: Job) -> None:
         """Queue ``job``; its outcome goes to ``on_done`` (or, for :meth:`call`, to its caller)."""
