@@ -11,7 +11,10 @@ engine/decoder.py turns it on), through the real offline pipeline:
   the same. Free runs diverge for good at the first near-tie (random weights have many); this counts how often
   the cache changes the choice at all;
 * a real-shaped export (default /work/cache-c/0.6b/model: 0.6B, q4_k decoder, int8 encoder): the same on a few
-  clips of synthetic speech and test signals.
+  clips of synthetic speech and test signals, and the logits of the first steps (teacher-forced) against f16's:
+  its random weights repeat one token whatever the audio, so there only the logits tell.
+
+Results and the decision: docs/performance.md, "q8_0 KV cache parity".
 
     python -m bench.kv_parity bench/results/opt/kv_q8_0_parity.json [--sentences 200] [--real-model DIR]
 
