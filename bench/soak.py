@@ -196,6 +196,8 @@ def run_soak(
                             "minute": next_minute,
                             "cpu_s": {k: cpu_now[k] - cpu_prev[k] for k in pids},
                             "loadavg_1m": os.getloadavg()[0],
+                            # the audio waiting for the recognizer (bounded by streaming.max_backlog_s)
+                            "backlog": send_command(daemon.runtime_dir, "status")["status"].get("backlog"),
                         }
                     )
                     cpu_prev = cpu_now
@@ -273,6 +275,8 @@ def summarize(raw: dict, minutes: int, minute_s: float) -> dict:
         if extra:
             row["cpu_percent"] = {k: v / minute_s * 100 for k, v in extra["cpu_s"].items()}
             row["loadavg_1m"] = extra["loadavg_1m"]
+            if extra.get("backlog"):
+                row["backlog"] = extra["backlog"]
         rows.append(row)
     base_i = max(0, min(2, minutes - 1) - 1)  # minute 2 (minute 1 in a 2-minute run)
 

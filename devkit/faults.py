@@ -9,7 +9,9 @@ the test removes it, so one daemon start serves a whole series of faults:
 * ``journal``: an errno name (``ENOSPC``, ``EIO``, ``EROFS``): every journal write fails with it;
 * ``decoder``: ``begin``, ``tick`` or ``finish``: the next utterance start (its prefill), partial tick or final
   decode raises ``DecoderError`` (the switch is consumed, so it fails once);
-* ``clock``: seconds (may be negative) added to the wall clock the journal stamps its lines with.
+* ``clock``: seconds (may be negative) added to the wall clock the journal stamps its lines with;
+* ``slow``: seconds each recognizer computation (an utterance start's prefill, a partial tick, a speculation, a
+  final decode) waits first: a recognizer that cannot keep up (an overloaded machine), for the backlog tests.
 
 Never imported by qasr_live (dev code, tests/test_layers.py checks).
 """
@@ -20,6 +22,7 @@ import datetime as _dt
 import errno
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +85,18 @@ def install() -> None:
     StreamingRecognizer._prefill_memory = failing(StreamingRecognizer._prefill_memory, "begin")  # type: ignore[method-assign]
     # inside finish(): what fails is its decode, not the call (finish() itself must still release the utterance)
     StreamingRecognizer._finish = failing(StreamingRecognizer._finish, "finish")  # type: ignore[method-assign]
+
+    def slow(method: Any) -> Any:
+        def run(self: StreamingRecognizer, *args: Any, **kwargs: Any) -> Any:
+            delay = float(_switch("slow") or 0)
+            if delay > 0:
+                time.sleep(delay)
+            return method(self, *args, **kwargs)
+
+        return run
+
+    for name in ("tick", "speculate", "_finish", "_prefill_memory"):
+        setattr(StreamingRecognizer, name, slow(getattr(StreamingRecognizer, name)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -387,6 +387,13 @@ class StreamingConfig:
     endpoint_speculation_ms: int = _opt(
         200, "VAD mode: start the final decode after this much silence, before the hangover ends; 0 = off", minimum=0
     )
+    max_backlog_s: float = _opt(
+        120.0,
+        "most seconds of audio waiting for the recognizer; beyond it the daemon reports an overload and takes no "
+        "audio until half of it is left",
+        minimum=1,
+        maximum=3600,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,7 +8,9 @@ The decisions live in :mod:`qasr_live.dictation`; this shell applies its effects
 CPU-heavy work leaves it: the encoder runs in its own process, the decoder (which releases the GIL inside
 llama.cpp) on one recognizer thread, keystroke injection on one typing thread (outputs/delivery.py). The
 recognizer thread takes its jobs in order and their results come back in that order, which the controller
-relies on (dictation.py).
+relies on (dictation.py). The jobs wait in the loop's own queue (dictation/backlog.py), handed to the thread a
+batch at a time, so that a recognizer that falls behind skips stale partials and the audio waiting stays bounded
+(``streaming.max_backlog_s``: beyond it, an overload is reported and no audio is taken until it catches up).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from qasr_live.bus import EventHub
 from qasr_live.config import AppConfig
 from qasr_live.config_file import with_overrides
 from qasr_live.control.ctl import CtlServer, install_signal_handlers
+from qasr_live.dictation.backlog import RecognizerQueue, Transition
 from qasr_live.dictation.controller import DictationController
 from qasr_live.dictation.effects import (
     CloseMic,
@@ -47,8 +50,10 @@ from qasr_live.dictation.effects import (
     OpenMic,
     Publish,
     ScheduleTick,
+    SetRecognition,
     Type,
 )
+from qasr_live.dictation.runner import RecognizerRunner
 from qasr_live.engine.generation import AnswerLength
 from qasr_live.engine.model_dir import ModelDir
 from qasr_live.engine.worker import EncoderWorker
@@ -106,7 +111,14 @@ class Daemon:
         self._delivery: Delivery | None = None
         self._cues: Cues | None = None  # start/stop sounds, ducking (feedback section)
         self._server: WebSocketServer | None = None
-        self._jobs: set[asyncio.Future[Any]] = set()  # queued or running on the recognizer thread
+        self._jobs = RecognizerRunner(
+            self._recognizer_thread,
+            lambda: self._recognizer,
+            RecognizerQueue(max(1, round(cfg.streaming.max_backlog_s * SAMPLE_RATE))),
+            on_done=self._job_done,
+            on_skipped=lambda job: self._apply(self._dictation.skipped(job)),
+        )
+        self._applying = 0  # depth of _apply: the backlog is checked once the outermost call is done
         self._timers: set[asyncio.TimerHandle] = set()
         self._pumped = asyncio.Condition()
         self._pumped_samples = 0
@@ -328,8 +340,7 @@ class Daemon:
     async def _finish_dictation(self) -> None:
         """Shutdown: finish the utterance in progress and wait until its text is journaled, published and typed."""
         self._apply(self._dictation.shutdown())
-        while self._jobs:
-            await asyncio.wait(set(self._jobs))
+        await self._jobs.drain()
         for timer in self._timers:
             timer.cancel()
         if self._delivery is not None:
@@ -362,9 +373,20 @@ class Daemon:
     # ---------------------------------------------------------------------------------------------- effects
 
     def _apply(self, effects: Iterable[Effect]) -> None:
+        self._applying += 1
+        try:
+            self._apply_each(effects)
+        finally:
+            self._applying -= 1
+        if self._applying == 0:
+            # Not inside: an overload ends the utterance, and its end must be queued after every AddAudio of the
+            # effects being applied.
+            self._check_backlog()
+
+    def _apply_each(self, effects: Iterable[Effect]) -> None:
         for effect in effects:
             if isinstance(effect, Job):
-                self._submit(effect)
+                self._jobs.submit(effect)
             elif isinstance(effect, Interrupt):
                 if self._recognizer is not None:
                     self._recognizer.interrupt()
@@ -401,20 +423,9 @@ class Daemon:
         timer = asyncio.get_running_loop().call_later(effect.delay_s, due)
         self._timers.add(timer)
 
-    def _submit(self, job: Job) -> asyncio.Future[Any]:
-        """Queue ``job`` on the recognizer thread; its result goes back to the controller, in queue order."""
-        future = asyncio.get_running_loop().run_in_executor(self._recognizer_thread, job.run, self._recognizer)
-        self._jobs.add(future)
-        future.add_done_callback(lambda f: self._job_done(job, f))
-        return future
-
-    def _job_done(self, job: Job, future: asyncio.Future[Any]) -> None:
-        self._jobs.discard(future)
-        if future.cancelled():
-            return
-        exc = future.exception()
+    def _job_done(self, job: Job, result: Any, exc: Exception | None) -> None:
         if exc is None:
-            self._apply(self._dictation.on_result(job, future.result()))
+            self._apply(self._dictation.on_result(job, result))
             return
         # An engine failure is reported, not fatal; a bug is logged with its traceback (silence would look like
         # "no speech").
@@ -428,6 +439,27 @@ class Daemon:
                 _LOGGER.error("recognizer: internal error", exc_info=exc)
             error = f"internal error: {exc!r}"
         self._apply(self._dictation.on_result(job, None, error))
+
+    def _check_backlog(self) -> None:
+        """Overload when the audio waiting for the recognizer passes streaming.max_backlog_s; back under half."""
+        change = self._jobs.queue.transition()
+        if change is None:
+            return
+        waiting = self._jobs.queue.queued_samples / SAMPLE_RATE
+        limit = self.cfg.streaming.max_backlog_s
+        if change == Transition.OVERLOADED:
+            self.report_error(
+                "overload",
+                f"overload: the recognizer is {waiting:.1f} s of audio behind (streaming.max_backlog_s {limit:g} "
+                f"s); the utterance being recorded was ended and no audio is taken until it is under {limit / 2:g} "
+                "s: use a smaller model or a faster machine, or raise streaming.max_backlog_s",
+            )
+            self._apply(self._dictation.overload())
+        else:
+            message = f"the recognizer caught up ({waiting:.1f} s of audio waiting): taking audio again"
+            _LOGGER.warning("%s", message)
+            self._hub.publish(ErrorEvent(code="overload_ended", message=message, fatal=False))
+            self._apply(self._dictation.resume(self._source.samples))
 
     async def _on_recognizer_thread(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._recognizer_thread, fn)
@@ -469,7 +501,7 @@ class Daemon:
         if recognizer is None:
             raise ProtocolError("the model is still loading; send the config message again once it is ready")
         # On the recognizer thread, in order with the jobs queued before it; it raises before changing anything.
-        await self._on_recognizer_thread(lambda: recognizer.set_recognition(rec.language, rec.context))
+        await self._jobs.call(SetRecognition("", rec.language, rec.context))
         self.cfg = cfg
 
     def report_error(self, code: str, message: str) -> None:
@@ -501,6 +533,7 @@ class Daemon:
             "audio": self._source.stats.as_dict(),
             "journal": self._journal_status(),
             "last_error": self.last_error,
+            "backlog": self._jobs.status(),
             **d.counts,
         }
 

@@ -156,6 +156,7 @@ class EndReason(enum.StrEnum):
     NO_SPEECH = "no_speech"
     CANCELLED = "cancelled"
     ERROR = "error"
+    OVERLOAD = "overload"  # the recognizer fell too far behind: the daemon closed it and stopped taking audio
 
 
 class OutputBackend(enum.StrEnum):

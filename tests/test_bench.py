@@ -76,6 +76,8 @@ def test_soak_short_mode(tmp_path: Path, tiny_models) -> None:
     rows = run["summary"]["per_minute"]
     assert [r["minute"] for r in rows] == [1, 2]
     assert all(r["daemon_rss_mb"]["last"] > 0 and r["encoder_rss_mb"]["last"] > 0 for r in rows)
+    # the audio waiting for the recognizer, as `ctl status` counts it, once a minute (bounded: issue #24)
+    assert all(r["backlog"]["limit_s"] == 120 and r["backlog"]["audio_s"] <= 120.5 for r in rows)
     assert sum(r["utterances"] for r in rows) >= 2 and run["summary"]["latency"]["n"] >= 2
     # every subscriber saw every commit the timing client saw: nothing dropped while the soak ran
     assert run["raw"]["commits"] > 0 and set(run["raw"]["commits_per_subscriber"]) == {run["raw"]["commits"]}

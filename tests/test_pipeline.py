@@ -14,7 +14,7 @@ from qasr_live.engine.encoder import AudioEncoder, window_batch
 from qasr_live.engine.features import log_mel
 from qasr_live.engine.model_dir import open_model_dir
 from qasr_live.engine.worker import EncoderWorker
-from qasr_live.errors import EncoderCrashed
+from qasr_live.errors import DecoderError, EncoderCrashed
 from qasr_live.offline.pipeline import SEGMENT_ROLLBACK_TOKENS, Transcriber, is_pause, segment_bounds
 
 SR = 16000
@@ -238,3 +238,14 @@ def test_q4_k_export_loads_and_transcribes(tiny_checkpoints, tmp_path):
     result = transcriber.transcribe(np.random.default_rng(2).standard_normal(2 * SR).astype(np.float32) * 0.1)
     transcriber.close()
     assert 0 < result.stats.generated_tokens <= 8
+
+
+def test_q8_0_kv_cache_on_a_head_size_it_cannot_hold_names_the_fix(tiny_model, tiny_models):
+    """q8_0 blocks of 32 must divide the head size: the "tied" tiny model's is 16, and llama.cpp refuses the
+    context (it once read "out of memory? lower engine.n_ctx"); a 32 one works."""
+    from qasr_live.engine.loading import open_decoder
+
+    with pytest.raises(DecoderError, match=r"kv_cache_type q8_0 needs an attention head size divisible by 32.* 16;"):
+        open_decoder(tiny_model, EngineConfig(kv_cache_type="q8_0"))
+    decoder = open_decoder(open_model_dir(tiny_models["untied_gqa"], "fp32", "f16"), EngineConfig(kv_cache_type="q8_0"))
+    decoder.close()

@@ -8,8 +8,9 @@ tested like the VAD segmenter: feed it inputs, look at the effects (tests/test_d
 The shell (daemon.py) keeps three promises that the controller relies on:
 
 * recognizer jobs run one at a time, in the order they were emitted, and their results come back in that order
-  (one worker thread). So ``AddAudio`` queued before ``Finish`` is in the final decode, and a tick still running
-  when the utterance ends reports its commits before the final ones;
+  (one worker thread, dictation/runner.py). So ``AddAudio`` queued before ``Finish`` is in the final decode, and
+  a tick still running when the utterance ends reports its commits before the final ones; a partial tick or
+  speculation that went stale while it waited may be dropped instead, reported through :meth:`skipped`;
 * ``Interrupt`` is applied at once, not queued: it cuts a running partial decode short;
 * after ``OpenMic`` / ``CloseMic`` it calls :meth:`mic_opened` / :meth:`mic_closed` once the microphone is open,
   or closed with every block captured so far fed in.
@@ -20,6 +21,10 @@ Trigger modes:
   there speech at all".
 * ``toggle``: one press starts listening, the next stops; VAD splits the speech in between into utterances.
 * ``continuous``: always listening; VAD decides everything.
+
+Overload (dictation/backlog.py): when too much audio waits for the recognizer the shell calls :meth:`overload`: the
+utterance being recorded ends (reason ``overload``, decoded and committed like any other) and no audio is taken
+until :meth:`resume`.
 
 Endpoint speculation (``streaming.endpoint_speculation_ms``): once the VAD has seen that much trailing silence, the
 final decode starts (``Speculate``) while the hangover still runs; if speech resumes it is stale and dropped, if the
@@ -127,6 +132,7 @@ class DictationController:
         self._clock = clock
         self._new_id = new_id
         self.active = mode == RecordMode.CONTINUOUS  # is audio wanted now (key held, toggled on)?
+        self.overloaded = False  # the recognizer is too far behind: no audio is taken (overload(), resume())
         self.state = DictationState.IDLE
         self.counts = {"utterances": 0, "no_speech": 0, "commits": 0, "errors": 0}
         self._segmenter = VadSegmenter(vad)
@@ -185,6 +191,8 @@ class DictationController:
 
     def _activated(self, source_samples: int) -> None:
         self._restart_segmenter(source_samples)
+        if self.overloaded:
+            return  # resume() starts taking audio
         if self.mode == RecordMode.PTT:
             self._begin(source_samples / SAMPLE_RATE)
         else:
@@ -199,6 +207,24 @@ class DictationController:
         if not self._ending:  # else the last final result moves to idle, after its utterance_end
             self._set_state(DictationState.IDLE)
 
+    def overload(self) -> list[Effect]:
+        """The recognizer is too far behind (dictation/backlog.py): stop taking audio. The utterance recording now
+        ends (reason ``overload``) and is decoded and committed like any other; audio is ignored until
+        :meth:`resume`."""
+        self.overloaded = True
+        self._end(EndReason.OVERLOAD)
+        self._segmenter.reset()  # speech cut off here starts afresh after resume()
+        if not self._ending:
+            self._set_state(DictationState.IDLE)
+        return self._take()
+
+    def resume(self, source_samples: int) -> list[Effect]:
+        """The recognizer caught up: take audio again (push-to-talk: a new utterance if the key is still held)."""
+        self.overloaded = False
+        if self.active:
+            self._activated(source_samples)
+        return self._take()
+
     def shutdown(self) -> list[Effect]:
         """The daemon stops: the user may be mid-sentence, keep what was said."""
         self._end(EndReason.KEY_RELEASE)
@@ -207,8 +233,8 @@ class DictationController:
     # --------------------------------------------------------------------------------------------------- audio
 
     def feed_audio(self, block: np.ndarray) -> list[Effect]:
-        """A captured block, in capture order (ignored while inactive)."""
-        if not self.active:
+        """A captured block, in capture order (ignored while inactive or overloaded)."""
+        if not self.active or self.overloaded:
             return []
         if self.mode == RecordMode.PTT:
             self._add_audio(block)
@@ -322,6 +348,16 @@ class DictationController:
             self._out.append(TickJob(utt.id))
         return self._take()
 
+    def skipped(self, job: Job) -> list[Effect]:
+        """The recognizer's queue dropped ``job`` (a stale partial tick or speculation, dictation/backlog.py)."""
+        utt = self._find(job.utterance_id)
+        if utt is not None:
+            if isinstance(job, TickJob):
+                self._on_tick(utt, None)  # no partial, no error; an ended utterance moves on to finalizing
+            elif isinstance(job, Speculate):
+                self._on_speculated(utt, False)
+        return self._take()
+
     def _find(self, utterance_id: str) -> _Utterance | None:
         utt = self._utt if self._utt is not None and self._utt.id == utterance_id else None
         return utt or self._ending.get(utterance_id)
@@ -425,7 +461,7 @@ class DictationController:
         self._out.append(
             Publish(UtteranceEndEvent(utterance_id=utt.id, reason=reason, latency=latency, language=language))
         )
-        listening = self.active and self.mode != RecordMode.PTT
+        listening = self.active and self.mode != RecordMode.PTT and not self.overloaded
         self._set_state(DictationState.LISTENING if listening else DictationState.IDLE)
         self._out.append(Prepare(utt.id))
 

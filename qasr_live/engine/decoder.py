@@ -170,6 +170,12 @@ class Decoder:
             else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         ctx = llama.llama_init_from_model(self._model, cparams)
+        if not ctx and kv_cache_type == "q8_0" and self._head_size() % 32:
+            llama.llama_model_free(self._model)
+            raise DecoderError(
+                f"engine.kv_cache_type q8_0 needs an attention head size divisible by 32 (its block size), but "
+                f"{self.path} has {self._head_size()}; set engine.kv_cache_type: f16 in config.yaml."
+            )
         if not ctx:
             llama.llama_model_free(self._model)
             where = f" with {self.plan.n_gpu_layers} layers on the GPU" if self.plan.on_gpu else ""
@@ -178,6 +184,19 @@ class Decoder:
                 "lower `engine.n_ctx`" + (" or `engine.n_gpu_layers`" if self.plan.on_gpu else "") + " in config.yaml."
             )
         return ctx
+
+    def _head_size(self) -> int:
+        """The attention head size (GGUF ``<arch>.attention.key_length``, else width / heads)."""
+        llama = self._llama
+        buf = ctypes.create_string_buffer(64)
+        arch = (
+            buf.value.decode()
+            if llama.llama_model_meta_val_str(self._model, b"general.architecture", buf, 64) > 0
+            else ""
+        )
+        if arch and llama.llama_model_meta_val_str(self._model, f"{arch}.attention.key_length".encode(), buf, 64) > 0:
+            return int(buf.value.decode())
+        return int(llama.llama_model_n_embd(self._model) // max(1, llama.llama_model_n_head(self._model)))
 
     def _check_open(self) -> None:
         if self._ctx is None:  # a freed llama context would segfault, not raise
