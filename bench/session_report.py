@@ -45,7 +45,7 @@ def write_session_report(result: dict, stem: Path, size: str) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    md = stem.with_suffix(".md")
+    md = stem.parent / f"{stem.name}.md"  # not with_suffix: "session-0.6b" has a dot of its own
     md.write_text(session_table(result, size))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     offline_drawn = False
@@ -70,7 +70,7 @@ def write_session_report(result: dict, stem: Path, size: str) -> list[Path]:
     ax.set(title=f"{size}: latency over a dictation session", xlabel="utterance index", ylabel="seconds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    png = stem.with_suffix(".png")
+    png = stem.parent / f"{stem.name}.png"
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)

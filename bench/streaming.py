@@ -355,7 +355,7 @@ def main() -> int:
     args.out.write_text(json.dumps(result, indent=1))
     from bench.session_report import write_session_report
 
-    write_session_report(result, args.out.with_suffix(""), args.size)
+    write_session_report(result, args.out.parent / args.out.stem, args.size)
     return 0
 
 
