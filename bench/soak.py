@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,13 +27,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from bench.answers import TOKENS_PER_SECOND
 from bench.audio import RATE, speech, to_int16
-from bench.streaming import _cpu_seconds, parse_settings
+from bench.streaming import _cpu_seconds, bench_daemon, parse_settings
 from devkit import daemon_harness
-from devkit.daemon_harness import EventCollector, RealtimeMic, RunningDaemon, write_config
+from devkit.daemon_harness import EventCollector, RealtimeMic, RunningDaemon
 
 LENGTHS = (2.0, 5.0, 10.0, 4.0, 7.0, 12.0, 3.0)  # seconds of speech, cycled
 PAUSE_S = 1.5
@@ -80,27 +77,9 @@ class Sampler:
 
 
 def _daemon(model_dir: Path, tmp: Path, encoder: str, decoder: str, settings: dict[str, dict]) -> RunningDaemon:
-    config = write_config(
-        tmp / "config.yaml",
-        model_dir,
-        tmp,
-        engine={"decoder_threads": 2, "repetition_guard": True, "max_new_tokens": 512, **settings.get("engine", {})},
-        recognition={"language": "English"},
-        audio={"source": "-"},
-        trigger={"mode": "continuous"},
-        typing={"enabled": False},
-        hotkeys={"enabled": False},
-    )
-    cfg = yaml.safe_load(config.read_text())
-    cfg["model"].update(encoder_precision=encoder, decoder_precision=decoder)
-    for section, values in settings.items():
-        if section != "engine":
-            cfg.setdefault(section, {}).update(values)
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    command = ("-m", "bench.daemon", "--tokens-per-second", str(TOKENS_PER_SECOND))
     # a shared machine under load can take minutes to load the 0.6B model: readiness, not load time, is waited for
     daemon_harness.READY_TIMEOUT = max(daemon_harness.READY_TIMEOUT, 300.0)
-    return RunningDaemon(config, tmp, stdin=subprocess.PIPE, command=command)
+    return bench_daemon(model_dir, tmp, "continuous", encoder, decoder, settings)
 
 
 def _pct(values: list[float], q: float) -> float | None:

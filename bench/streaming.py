@@ -123,16 +123,19 @@ def _read_once(model_dir: Path) -> None:
 def _daemon(size: str, tmp: Path, mode: str, settings: dict[str, dict]) -> RunningDaemon:
     bench = prepare(size)
     _read_once(bench.model_dir)
+    return bench_daemon(bench.model_dir, tmp, mode, ENCODER, DECODER, settings)
+
+
+def bench_daemon(
+    model_dir: Path, tmp: Path, mode: str, encoder: str, decoder: str, settings: dict[str, dict]
+) -> RunningDaemon:
+    """The daemon as every benchmark runs it: `python -m bench.daemon` forcing the answer length, the stdin
+    microphone, English, no typing or hotkeys, the given precisions and `settings` over the defaults."""
     config = write_config(
         tmp / "config.yaml",
-        bench.model_dir,
+        model_dir,
         tmp,
-        engine={
-            "decoder_threads": 2,
-            "repetition_guard": True,
-            "max_new_tokens": 512,
-            **settings.get("engine", {}),
-        },
+        engine={"decoder_threads": 2, "repetition_guard": True, "max_new_tokens": 512, **settings.get("engine", {})},
         recognition={"language": "English"},
         audio={"source": "-"},
         trigger={"mode": mode},
@@ -140,7 +143,7 @@ def _daemon(size: str, tmp: Path, mode: str, settings: dict[str, dict]) -> Runni
         hotkeys={"enabled": False},
     )
     cfg = yaml.safe_load(config.read_text())
-    cfg["model"].update(encoder_precision=ENCODER, decoder_precision=DECODER)
+    cfg["model"].update(encoder_precision=encoder, decoder_precision=decoder)
     for section, values in settings.items():
         if section != "engine":
             cfg.setdefault(section, {}).update(values)
