@@ -167,7 +167,7 @@ class EngineConfig:
         },
     )
     n_ctx: int | None = _opt(None, "context window in tokens; null = sized from the need", minimum=512)
-    n_batch: int = _opt(512, "llama.cpp prompt batch size in tokens", minimum=32)
+    n_batch: int = _opt(128, "llama.cpp prompt batch size in tokens", minimum=32)
     segment_seconds: float = _opt(30.0, "decoder segment length in seconds for long audio", minimum=5, maximum=300)
     max_new_tokens: int = _opt(512, "most tokens generated per segment", minimum=1)
     temperature: float = _opt(0.0, "sampling temperature; 0 = greedy", minimum=0)

@@ -68,6 +68,7 @@ from qasr_live.events import (
     UtteranceEndEvent,
     UtteranceStartEvent,
 )
+from qasr_live.heap import return_freed_memory
 from qasr_live.notifications import Notifier
 from qasr_live.outputs.delivery import Delivery, ErrorHook, rules_for
 from qasr_live.outputs.journal import Journal, default_journal_path
@@ -546,5 +547,6 @@ class Daemon:
 
 def serve(cfg: AppConfig, model: ModelDir, *, answer_length: AnswerLength | None = None) -> int:
     runtime = RuntimeFiles.create(cfg.control.runtime_dir)
+    return_freed_memory()  # a process that runs for weeks: freed buffers go back to the system (heap.py)
     asyncio.run(Daemon(cfg, model, runtime, answer_length=answer_length).run())
     return 0

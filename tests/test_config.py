@@ -41,7 +41,7 @@ def test_defaults() -> None:
         decoder_threads=2,
         n_gpu_layers=0,
         n_ctx=None,
-        n_batch=512,
+        n_batch=128,
         segment_seconds=30.0,
         max_new_tokens=512,
         temperature=0.0,

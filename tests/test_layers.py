@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "qasr_live"
 FLOORS: list[set[str]] = [
     {"errors"},
     {"schema"},
-    {"config", "events", "runtime", "desktop", "service", "itn", "notifications"},
+    {"config", "events", "runtime", "desktop", "service", "itn", "notifications", "heap"},
     {"config_file"},
     {"audio"},
     {"engine"},

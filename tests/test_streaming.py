@@ -373,9 +373,11 @@ def test_memory_kv_reuse_feeds_only_the_current_utterance(make, report):
     assert min(saved[1:]) >= stable - 1  # every decode after the first row change skips the stable tail
 
 
-def test_draft_verification_generates_the_same_tokens_in_fewer_decodes(model, encoder):
-    """The previous decode's tail as a draft: accepted while it is what greedy decoding gives, in one batch."""
-    d = open_decoder(model, ENGINE)
+@pytest.mark.parametrize("n_batch", [512, 8])
+def test_draft_verification_generates_the_same_tokens_in_fewer_decodes(model, encoder, n_batch):
+    """The previous decode's tail as a draft: accepted while it is what greedy decoding gives, one batch at a time
+    (a draft longer than the decoder's batch is verified in pieces, not refused)."""
+    d = open_decoder(model, dataclasses.replace(ENGINE, n_batch=n_batch))
     stops = stop_ids(d)
     rows = encoder.encode(log_mel(speechy(3.0, 23)))
     prompt = [*d.tokenize(prompt_head("")), None, *d.tokenize(prompt_tail("English"))]

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from qasr_live.audio.pcm import SAMPLE_RATE
 from qasr_live.errors import AudioError
@@ -248,6 +247,8 @@ def _wav_blocks(
                 if up == down:
                     yield np.clip(_read_frames(f, wav, first + s, e - s), -1.0, 1.0).astype(np.float32)
                     continue
+                from scipy.signal import resample_poly  # here: the daemon's file sources rarely resample (75 MB)
+
                 s0, e0 = max(0, s - margin), min(count, e + margin)
                 y = resample_poly(_read_frames(f, wav, first + s0, e0 - s0), up, down)
                 lo = (s - s0) * up // down

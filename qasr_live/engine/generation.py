@@ -51,10 +51,10 @@ def generate(
     started.
 
     `draft`: the tokens expected to come next (e.g. what an earlier decode of the same audio generated after the
-    same prefix). Once the first of them is sampled, the rest are fed in one batch with logits for every
-    position, and each is accepted while it is what would have been sampled there: the same tokens, in one
-    batched step instead of one decode per token. A wrong guess costs the rest of that batch. Greedy decoding
-    only (a sampling decoder ignores the draft).
+    same prefix). Once the first of them is sampled, the rest are fed in one batch (at most the decoder's
+    n_batch, then the next) with logits for every position, and each is accepted while it is what would have
+    been sampled there: the same tokens, in one batched step instead of one decode per token. A wrong guess
+    costs the rest of that batch. Greedy decoding only (a sampling decoder ignores the draft).
 
     `interrupt`: when set (from any thread), generation stops before the next token ("interrupted"): the
     streaming recognizer abandons a partial tick at the endpoint instead of making the final decode wait."""
@@ -84,11 +84,15 @@ def generate(
                 index += 1
                 drafted += 1
                 continue
+            if index + 1 < len(batch):  # a wrong guess: the rest of the draft is given up
+                guess = []
             decoder.rewind(decoder.n_past - len(batch) + index + 1)
             batch, index = [], -1
-        elif guess and token == guess[0]:
-            batch = guess[: max_new_tokens - len(tokens) + 1]
-            guess = []
+        if guess and token == guess[0]:
+            # one llama.cpp batch at a time (the logits of every drafted token are read from it); a draft longer
+            # than that goes on in the next batch once this one is accepted whole
+            batch = guess[: min(max_new_tokens - len(tokens) + 1, decoder.n_batch)]
+            guess = guess[len(batch) :]
             if len(batch) > 1:
                 decoder.feed_tokens(batch, all_logits=True)
                 index = 0

@@ -24,12 +24,14 @@ import numpy.typing as npt
 
 from qasr_live.engine.gpu import CPU_PROVIDER
 from qasr_live.errors import EncoderCrashed, QasrError
+from qasr_live.heap import return_freed_memory
 
 _LOGGER = logging.getLogger(__name__)
 
 
 def _serve(conn: Connection, frontend: str, backend: str, threads: int, arena: bool, providers: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    return_freed_memory()  # before the model loads: ONNX Runtime's per-run buffers would stay resident (heap.py)
     from qasr_live.engine.encoder import AudioEncoder
     from qasr_live.engine.gpu import CPU_PROVIDER
 
