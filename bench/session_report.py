@@ -36,7 +36,35 @@ def session_table(result: dict, size: str) -> str:
                 f"{s['final_slope_ms_per_utterance']:+.0f} ms per utterance; 5 s utterances: final / offline "
                 + ", ".join(f"{x:.2f}" for x in s["five_s"]["final_over_offline"])
             )
+    for mode, label in MODES:
+        if mode in result:
+            lines.append(f"- {label}, 5 s utterances, the final decode: " + _profile(result[mode]["utterances"]))
+    for mode, _label in MODES:
+        rss = result.get(mode, {}).get("peak_rss_mb")
+        if rss:
+            lines.append(
+                f"- peak RSS ({mode}): daemon {rss['daemon']:.0f} MB + encoder {rss['encoder']:.0f} MB = "
+                f"{rss['total']:.0f} MB"
+            )
     return "\n".join(lines) + "\n"
+
+
+_PROFILE = (("encoder_ms", "encoder {} ms"), ("prefill_tokens", "prefill {} positions"), ("prefill_ms", "in {} ms"))
+_PROFILE += (("generated_tokens", "{} tokens generated"), ("generate_ms", "in {} ms"))
+
+
+def _profile(rows: list[dict]) -> str:
+    """Medians of the daemon's own profile of its final decodes (near zero where a speculation was kept)."""
+    five = [u["daemon_latency"] for u in rows if u["length_s"] == 5.0]
+    parts = []
+    for key, text in _PROFILE:
+        values = sorted(float(lat.get(key) or 0.0) for lat in five)
+        if values:
+            parts.append(text.format(f"{values[len(values) // 2]:.0f}"))
+    speculative = sorted(float(lat["speculative_decode_ms"]) for lat in five if lat.get("speculative_decode_ms"))
+    if speculative:
+        parts.append(f"speculative decode {speculative[len(speculative) // 2]:.0f} ms")
+    return ", ".join(parts) + " (medians)"
 
 
 def write_session_report(result: dict, stem: Path, size: str) -> list[Path]:

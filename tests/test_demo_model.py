@@ -237,21 +237,21 @@ def test_cli_uses_demo_model_and_says_so_once(tmp_path):
 
 
 @needs_espeak
-def test_memory_kv_reuse_costs_no_accuracy(recognizer, report):
-    """The decoder memory's KV entries kept instead of recomputed (streaming.memory_kv_reuse, the default) against
-    exact mode: the same held-out sentences dictated one after another through the streaming recognizer (partials
-    every 0.5 s, so the memory text is moved after new rows at every decode, and the memory full and evicting):
-    the WER stays within a point of exact mode."""
+@pytest.mark.parametrize(("shortcut", "exact"), [("memory_kv_reuse", False), ("reencode_open_window", True)])
+def test_streaming_shortcuts_cost_no_accuracy(recognizer, report, shortcut, exact):
+    """Each shortcut of the streaming recognizer against its exact setting: the same held-out sentences dictated
+    one after another (partials every 0.5 s, the memory full and evicting), the WER stays within a point.
+    memory_kv_reuse: true: the memory's KV entries are moved after new rows instead of recomputed.
+    reencode_open_window: false: each second's encoder rows are computed once and never revised."""
     from qasr_live.config import EngineConfig, StreamingConfig
     from qasr_live.streaming.recognizer import StreamingRecognizer
 
     sentences = heldout_sentences(10, seed=11)
     audio = [synthesize(text, *HELDOUT_VOICES[0]) for text in sentences]
     rates = {}
-    for reuse in (True, False):
-        rec = StreamingRecognizer(
-            recognizer.model, EngineConfig(), StreamingConfig(memory_kv_reuse=reuse), recognizer.encoder
-        )
+    for value in (not exact, exact):
+        settings = StreamingConfig(**{shortcut: value})
+        rec = StreamingRecognizer(recognizer.model, EngineConfig(), settings, recognizer.encoder)
         hyps = []
         try:
             for pcm in audio:
@@ -264,9 +264,9 @@ def test_memory_kv_reuse_costs_no_accuracy(recognizer, report):
             assert len(rec.memory.entries) < len(sentences) - 1  # the memory was full and evicted
         finally:
             rec.close()
-        rates[reuse] = wer(sentences, hyps)
+        rates[value == exact] = wer(sentences, hyps)
     report(
-        "demo model, 10 sentences dictated in a row: WER with memory KV reuse "
-        f"{100 * rates[True][0]:.2f} % ({rates[True][1]}/{rates[True][2]}), exact {100 * rates[False][0]:.2f} %"
+        f"demo model, 10 sentences dictated in a row: WER with streaming.{shortcut}: {not exact} "
+        f"{100 * rates[False][0]:.2f} % ({rates[False][1]}/{rates[False][2]}), exact {100 * rates[True][0]:.2f} %"
     )
-    assert rates[True][0] <= rates[False][0] + 0.01
+    assert rates[False][0] <= rates[True][0] + 0.01

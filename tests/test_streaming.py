@@ -169,9 +169,16 @@ def test_speculation_is_the_final_decode_of_the_audio_it_saw(make):
         rec.add_audio(speech)
         assert rec.speculate() and not rec._utt.commits
         rec.add_audio(silence)  # the hangover
+        spent = rec._utt.speculation_stats.values
+        decodes = []
+        real = rec._decode
+        rec._decode = lambda *a, _real=real, **k: (decodes.append(1), _real(*a, **k))[1]
         final = rec.finish(use_speculation=use)
         assert final.text == text
-        assert (final.stats.generated_tokens == 0) == use  # no second decode when the speculation is used
+        assert (not decodes) == use  # no second decode when the speculation is used
+        if use:  # its profile is the speculation's: what the text cost
+            assert final.stats.generated_tokens == spent["generated_tokens"] > 0
+            assert final.stats.prefill_tokens == spent["prefill_tokens"] > 0
     rec = make()
     rec.begin()
     rec.add_audio(speech[: SR // 4])

@@ -447,7 +447,9 @@ class DictationController:
         latency["audio_ms"] = round(utt.samples / SAMPLE_RATE * 1000, 1)
         if utt.ticks:
             latency.update(ticks=utt.ticks, ticks_ms=round(utt.tick_ms, 1), ticks_prefill_tokens=utt.tick_prefill)
-        if final is not None:  # the final decode's profile (near zero when a speculation was kept)
+        # decode_ms: the final call itself (near zero when a speculation was kept); the split: the decode that
+        # made the text (the speculation's, when one was kept)
+        if final is not None:
             s = final.stats
             latency.update(
                 decode_ms=round(s.total_ms, 1),

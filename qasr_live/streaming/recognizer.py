@@ -263,6 +263,7 @@ class StreamingRecognizer(LongUtterances):
         stats = StatsSum()
         blocks = self._encode(utt.clip, utt.audio.view()[utt.clip.start : n], stats)
         utt.speculation = self._decode(blocks, self.engine.max_new_tokens, stats)
+        utt.speculation_stats = stats
         return True
 
     def finish(self, use_speculation: bool = False) -> Final:
@@ -283,6 +284,8 @@ class StreamingRecognizer(LongUtterances):
         commits: list[Commit] = []
         if use_speculation and utt.speculation is not None and utt.speculation.stopped != "repetition":
             dec = utt.speculation
+            # the profile of the decode that made the text (total_ms stays this call's own, near zero)
+            stats = utt.speculation_stats or stats
             stats.set(audio_s=len(utt.audio) / SAMPLE_RATE, stopped=dec.stopped)
         else:
             if len(utt.audio) < _MIN_TICK_SAMPLES:  # as the offline pipeline: zero-padded to MIN_SECONDS

@@ -9,7 +9,7 @@ import numpy as np
 from qasr_live.engine.incremental import AudioBuffer, ClipEncoder
 from qasr_live.streaming.commit_policy import CommitPolicy
 from qasr_live.streaming.memory import MemoryEntry
-from qasr_live.streaming.results import Commit
+from qasr_live.streaming.results import Commit, StatsSum
 
 
 @dataclass(slots=True, eq=False)
@@ -35,6 +35,7 @@ class Utterance:
     decoded_samples: int = -1
     language_now: str | None = None
     speculation: Decoded | None = None  # speculate()'s final decode, kept for finish(use_speculation=True)
+    speculation_stats: StatsSum | None = None  # what it cost: finish() reports it when it keeps it
 
 
 @dataclass(frozen=True, slots=True)
