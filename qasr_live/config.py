@@ -371,7 +371,7 @@ class StreamingConfig:
         maximum=10000,
     )
     reencode_open_window: bool = _opt(
-        True, "exact mode: rows equal an offline encoding (open 8 s window re-run); false = each chunk encoded once"
+        False, "true = exact mode: rows equal an offline encoding (open 8 s window re-run); false = each chunk once"
     )
     memory_tokens: int = _opt(
         400,
